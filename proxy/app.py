@@ -1,0 +1,242 @@
+"""The running proxy: servers, routes and their lifetimes.
+
+:func:`create_app` is what both the CLI and the tests call. The proxy port is an
+aiohttp low-level server (no router, no middleware chain: the hot path is one
+function); the admin port is an ordinary aiohttp application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from typing import Any
+
+from aiohttp import web
+
+from proxy.admin import admin_app
+from proxy.clock import Clock, SystemClock
+from proxy.config import Config, Listen
+from proxy.errors import (
+    Forbidden,
+    MethodNotAllowed,
+    Overloaded,
+    ProxyError,
+    error_response,
+)
+from proxy.forward import forward
+from proxy.metrics import Metrics, method_label
+from proxy.route import RouteRuntime
+from proxy.routing import Router
+from proxy.stores import TokenStore, open_store
+
+log = logging.getLogger("authproxy")
+access_log = logging.getLogger("authproxy.access")
+
+INBOUND_TOKEN = "X-Authproxy-Token"
+
+
+class Proxy:
+    """One authproxy: the proxy listener, the admin listener, and the routes."""
+
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, store: TokenStore | None = None
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.store: TokenStore = store or open_store(config.token_store)
+        self.routes: dict[str, RouteRuntime] = {}
+        self.router: Router[RouteRuntime] = Router([])
+        self.ready = False
+        self.draining = False
+        self._runners: list[web.BaseRunner] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.proxy_address: Listen | None = None
+        self.admin_address: Listen | None = None
+        self._allow = config.allow_from
+        self._inbound = config.inbound_token.encode() if config.inbound_token else None
+
+    # -- lifetime ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build the routes, bind both listeners, and start fetching tokens."""
+        self._build_routes(self.config)
+        limits = self.config.limits
+        server = web.Server(
+            self.handle,
+            max_line_size=limits.max_header_size,
+            max_field_size=limits.max_header_size,
+            keepalive_timeout=limits.idle_timeout,
+            access_log=None,
+        )
+        runner = web.ServerRunner(server, shutdown_timeout=self.config.shutdown_grace)
+        await runner.setup()
+        self._runners.append(runner)
+        self.proxy_address = await self._bind(runner, self.config.listen)
+        if self.config.admin_listen is not None:
+            admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
+            await admin.setup()
+            self._runners.append(admin)
+            self.admin_address = await self._bind(admin, self.config.admin_listen)
+        self.ready = True
+        for rt in self.routes.values():
+            if rt.manager is not None:
+                self._spawn(self._prime(rt))
+        log.info(
+            "authproxy listening",
+            extra={"listen": str(self.proxy_address), "routes": list(self.routes)},
+        )
+
+    async def _bind(self, runner: web.BaseRunner, where: Listen) -> Listen:
+        site: web.BaseSite
+        if where.path is not None:
+            if os.path.exists(where.path):
+                os.unlink(where.path)
+            site = web.UnixSite(runner, where.path)
+            await site.start()
+            os.chmod(where.path, self.config.unix_socket_mode)
+            return where
+        site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
+        await site.start()
+        port = where.port
+        server: Any = site._server  # aiohttp keeps the bound server here
+        if port == 0 and server is not None:
+            port = server.sockets[0].getsockname()[1]
+        return Listen(host=where.host, port=port)
+
+    async def stop(self) -> None:
+        """Graceful: not ready, stop accepting, let in-flight requests finish, close."""
+        self.ready = False
+        self.draining = True
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for rt in self.routes.values():
+            await rt.close()
+        await self.store.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # keep a reference until done
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prime(self, rt: RouteRuntime) -> None:
+        assert rt.manager is not None
+        try:
+            await rt.manager.prime()
+        except ProxyError as exc:
+            log.warning("no token yet: %s", exc.message, extra={"route": rt.name})
+
+    # -- routes ---------------------------------------------------------------------
+
+    def _build_routes(self, config: Config) -> None:
+        self.routes = {
+            r.name: RouteRuntime(r, clock=self.clock, metrics=self.metrics, store=self.store)
+            for r in config.routes
+        }
+        self.router = Router([(rt.config.prefix, rt) for rt in self.routes.values()])
+
+    @property
+    def url(self) -> str:
+        """The proxy's base URL (TCP listeners only); handy in tests."""
+        a = self.proxy_address
+        assert a is not None and a.path is None
+        return f"http://{_url_host(a.host)}:{a.port}"
+
+    @property
+    def admin_url(self) -> str:
+        a = self.admin_address
+        assert a is not None and a.path is None
+        return f"http://{_url_host(a.host)}:{a.port}"
+
+    # -- the hot path -----------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        route: RouteRuntime | None = None
+        try:
+            if request.method == "CONNECT":
+                raise MethodNotAllowed("CONNECT is not served: authproxy is not an open proxy")
+            if self._allow or self._inbound is not None:
+                self._check_access(request)
+            match = self.router.match(request.raw_path)
+            route = match.route
+            if route.inflight >= route.config.max_concurrent:
+                raise Overloaded(
+                    f"more than {route.config.max_concurrent} requests in flight",
+                    retry_after=1,
+                )
+            route.inflight += 1
+            route.m_inflight.inc()
+            try:
+                resp = await forward(request, route, match)
+            finally:
+                route.inflight -= 1
+                route.m_inflight.dec()
+        except ProxyError as err:
+            if err.route is None and route is not None:
+                err.route = route.name
+            resp = error_response(err)
+            self.metrics.proxy_errors.labels(route.name if route else "", err.code).inc()
+            if err.status >= 500:
+                log.warning("%s: %s", err.code, err.message, extra={"route": err.route or ""})
+        except Exception:
+            log.exception("unexpected error", extra={"route": route.name if route else ""})
+            internal = ProxyError(
+                "internal error in authproxy", route=route.name if route else None
+            )
+            resp = error_response(internal)
+        elapsed = time.perf_counter() - started
+        if route is not None:
+            route.count(method_label(request.method), resp.status)
+            route.m_duration.observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "request",
+                extra={
+                    "route": route.name if route else "",
+                    "method": request.method,
+                    "path": request.path,
+                    "status": resp.status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "error": resp.headers.get("X-Authproxy-Error", ""),
+                },
+            )
+        return resp
+
+    def _check_access(self, request: web.BaseRequest) -> None:
+        if self._allow:
+            peer = request.remote
+            if peer:  # unix sockets have no peer address and count as loopback
+                try:
+                    ip = ipaddress.ip_address(peer.split("%")[0])
+                except ValueError:
+                    raise Forbidden("client address not recognised") from None
+                if not any(ip in net for net in self._allow):
+                    raise Forbidden("client address is not in allow_from")
+        if self._inbound is not None:
+            sent = request.headers.get(INBOUND_TOKEN, "").encode()
+            if not hmac.compare_digest(sent, self._inbound):
+                raise Forbidden(f"missing or wrong {INBOUND_TOKEN} header")
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def create_app(
+    config: Config, *, clock: Clock | None = None, store: TokenStore | None = None
+) -> Proxy:
+    """A proxy for ``config``, not started yet (``await proxy.start()``)."""
+    return Proxy(config, clock=clock, store=store)
+
+
+__all__ = ["Proxy", "create_app"]

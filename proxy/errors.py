@@ -1,0 +1,106 @@
+"""Errors the proxy makes itself, and how each becomes the contract's answer.
+
+Everything the proxy refuses or fails at is a :class:`ProxyError`. Each subclass
+knows its HTTP status and its contract code; :func:`error_response` is the one
+place that turns any of them into the JSON body with ``X-Authproxy-Error``.
+Lower-layer failures (aiohttp client errors, token endpoint answers) are
+translated into these where they happen, with ``raise ... from exc``.
+
+    ProxyError
+    ├── NoRoute              404 no_route
+    ├── BadRequest           400 bad_request
+    ├── Forbidden            403 forbidden
+    ├── MethodNotAllowed     405 method_not_allowed
+    ├── BodyTooLarge         413 body_too_large
+    ├── TokenUnavailable     502 token_unavailable
+    ├── UpstreamUnavailable  502 upstream_unavailable
+    ├── TokenBackoff         503 token_backoff   (Retry-After)
+    ├── Overloaded           503 overloaded      (Retry-After)
+    └── UpstreamTimeout      504 upstream_timeout
+
+Messages are written for the person reading them and never contain a secret,
+a token or a query string.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from aiohttp import web
+
+
+class ProxyError(Exception):
+    """Root of every error the proxy answers by itself."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self, message: str, *, route: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.route = route
+        self.retry_after = retry_after
+
+
+class NoRoute(ProxyError):
+    status, code = 404, "no_route"
+
+
+class BadRequest(ProxyError):
+    status, code = 400, "bad_request"
+
+
+class Forbidden(ProxyError):
+    status, code = 403, "forbidden"
+
+
+class MethodNotAllowed(ProxyError):
+    status, code = 405, "method_not_allowed"
+
+
+class BodyTooLarge(ProxyError):
+    status, code = 413, "body_too_large"
+
+
+class TokenUnavailable(ProxyError):
+    status, code = 502, "token_unavailable"
+
+
+class UpstreamUnavailable(ProxyError):
+    status, code = 502, "upstream_unavailable"
+
+
+class TokenBackoff(ProxyError):
+    status, code = 503, "token_backoff"
+
+
+class Overloaded(ProxyError):
+    status, code = 503, "overloaded"
+
+
+class UpstreamTimeout(ProxyError):
+    status, code = 504, "upstream_timeout"
+
+
+def error_body(err: ProxyError) -> bytes:
+    detail: dict[str, str] = {"code": err.code}
+    if err.route is not None:
+        detail["route"] = err.route
+    detail["message"] = err.message
+    return json.dumps({"error": detail}).encode()
+
+
+def error_response(err: ProxyError) -> web.Response:
+    """The contract's JSON answer for ``err``."""
+    headers = {"X-Authproxy-Error": err.code, "Cache-Control": "no-store"}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    return web.Response(
+        status=err.status,
+        body=error_body(err),
+        content_type="application/json",
+        headers=headers,
+    )

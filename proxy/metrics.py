@@ -1,0 +1,133 @@
+"""Every Prometheus metric authproxy exports, defined once.
+
+Each :class:`Metrics` owns its own registry, so that several proxies can live in
+one process (tests do that). Label values are bounded: route names come from
+the config, methods from a fixed set, codes from HTTP statuses and the
+contract's error codes. No label ever carries a path, a query or a token.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from proxy.tokens import Token, TokenFetchError
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+class Metrics:
+    """The metric families, and the token events they count."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "authproxy_requests_total",
+            "Requests answered, by route, method and status code.",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "authproxy_request_duration_seconds",
+            "Time from request received to response headers sent.",
+            ["route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "authproxy_upstream_duration_seconds",
+            "Time the upstream took to answer with headers.",
+            ["route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.token_requests = Counter(
+            "authproxy_token_requests_total",
+            "Token fetches, by route, grant and outcome (success, error).",
+            ["route", "grant", "outcome"],
+            registry=r,
+        )
+        self.token_duration = Histogram(
+            "authproxy_token_request_duration_seconds",
+            "Time a token fetch took.",
+            ["route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.token_expiry = Gauge(
+            "authproxy_token_expiry_timestamp_seconds",
+            "Expiry of the route's current token, in epoch seconds.",
+            ["route"],
+            registry=r,
+        )
+        self.unauthorized_retries = Counter(
+            "authproxy_unauthorized_retries_total",
+            "Upstream 401s, by outcome: replayed, not_replayable, failed.",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "authproxy_inflight_requests",
+            "Requests being proxied now.",
+            ["route"],
+            registry=r,
+        )
+        self.proxy_errors = Counter(
+            "authproxy_proxy_errors_total",
+            "Errors answered by the proxy itself, by contract code.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "authproxy_config_reloads_total",
+            "Config reloads, by outcome (success, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.token_cache = Counter(
+            "authproxy_token_cache_total",
+            "Token lookups answered from cache (hit) or needing a fetch (miss).",
+            ["route", "result"],
+            registry=r,
+        )
+        self.token_lock_wait = Histogram(
+            "authproxy_token_lock_wait_seconds",
+            "Time spent waiting for the token refresh lock.",
+            ["route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.token_store_errors = Counter(
+            "authproxy_token_store_errors_total",
+            "Token store operations that failed (the proxy fell back to memory).",
+            ["operation"],
+            registry=r,
+        )
+        for outcome in ("success", "error"):
+            self.config_reloads.labels(outcome)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- TokenEvents ---------------------------------------------------------------
+
+    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None:
+        self.token_requests.labels(route, grant, "success").inc()
+        self.token_duration.labels(route).observe(seconds)
+        if token.expires_at is not None:
+            self.token_expiry.labels(route).set(token.expires_at)
+
+    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
+        self.token_requests.labels(route, grant, "error").inc()
+        self.token_duration.labels(route).observe(seconds)
+
+    def cache(self, route: str, hit: bool) -> None:
+        self.token_cache.labels(route, "hit" if hit else "miss").inc()
+
+    def lock_wait(self, route: str, seconds: float) -> None:
+        self.token_lock_wait.labels(route).observe(seconds)

@@ -1,0 +1,164 @@
+"""A route at run time: its config plus everything built once for it.
+
+Work that can be done once per route is done here, at start-up or reload, and
+never per request: the upstream URL pieces, the TLS context, the pooled
+keep-alive client session, the token manager, the timeouts and the metric
+children.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import ssl
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import aiohttp
+from multidict import istr
+from yarl import URL
+
+from proxy.clock import Clock
+from proxy.config import RouteConfig, StaticAuth, TLSConfig
+from proxy.flows import build_source
+from proxy.tokens import TokenManager
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import Counter, Gauge, Histogram
+
+    from proxy.metrics import Metrics
+    from proxy.stores import TokenStore
+
+log = logging.getLogger("authproxy.route")
+
+
+def ssl_context(route: RouteConfig) -> ssl.SSLContext | bool:
+    """The TLS settings for the route's upstream and token endpoint."""
+    tls = route.tls
+    if not tls.verify:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.client_cert:
+        ctx.load_cert_chain(tls.client_cert, tls.client_key)
+    return ctx
+
+
+def auth_fingerprint(route: RouteConfig) -> str:
+    """A digest of what identifies a route's token: its auth and upstream.
+
+    Used as the token store key, so that changed credentials or endpoints never
+    pick up an old token, while a restart or another replica finds the same one.
+    The secrets go into the digest, never into the store key as text.
+    """
+    ident = {"auth": asdict(route.auth), "upstream": route.upstream}
+    raw = json.dumps(ident, sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()[:24]
+
+
+class RouteRuntime:
+    """One configured route, ready to forward."""
+
+    def __init__(
+        self,
+        config: RouteConfig,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        store: TokenStore,
+        limit_per_host: int = 0,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        up = URL(config.upstream)
+        self.origin = str(up.origin())
+        self.base_path = up.raw_path if up.raw_path.endswith("/") else up.raw_path + "/"
+        self.timeout = aiohttp.ClientTimeout(
+            total=config.timeout, sock_connect=config.connect_timeout
+        )
+        ctx = (
+            ssl_context(config)
+            if up.scheme == "https" or config.tls != TLSConfig()
+            else None
+        )
+        self._ssl = ctx
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=limit_per_host, ssl=ctx if ctx is not None else True,
+            ttl_dns_cache=60, keepalive_timeout=30,
+        )  # fmt: skip
+        # One pooled keep-alive session per upstream. No cookie jar, no decompression,
+        # and no headers of aiohttp's own: what the client sent is what goes upstream.
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            trust_env=False,
+            timeout=self.timeout,
+        )
+        self.header: istr | None = None
+        self.static_value: str | None = None
+        self.inject_format = config.inject.format
+        self.manager: TokenManager | None = None
+        self.token_session: aiohttp.ClientSession | None = None
+        if isinstance(config.auth, StaticAuth):
+            self.header = istr(config.auth.header)
+            self.static_value = config.auth.value
+        else:
+            token_timeout = aiohttp.ClientTimeout(
+                total=config.token_timeout,
+                sock_connect=min(config.connect_timeout, config.token_timeout),
+            )
+            self.token_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ctx if ctx is not None else True),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                timeout=token_timeout,
+            )
+            source = build_source(config, self.token_session, clock)
+            if source is not None:
+                self.header = istr(config.inject.header)
+                self.manager = TokenManager(
+                    config.name,
+                    source,
+                    store=store,
+                    key=f"{config.name}:{auth_fingerprint(config)}",
+                    clock=clock,
+                    refresh_before=config.refresh_before,
+                    token_timeout=config.token_timeout,
+                    events=metrics,
+                )
+        self.inflight = 0
+        self.m_inflight: Gauge = metrics.inflight.labels(config.name)
+        self.m_duration: Histogram = metrics.request_duration.labels(config.name)
+        self.m_upstream: Histogram = metrics.upstream_duration.labels(config.name)
+        self._m_requests = metrics.requests
+        self._m_errors = metrics.proxy_errors
+        self._m_retries = metrics.unauthorized_retries
+        self._counters: dict[tuple[str, int], Counter] = {}
+
+    def count(self, method: str, status: int) -> None:
+        key = (method, status)
+        c = self._counters.get(key)
+        if c is None:
+            c = self._counters[key] = self._m_requests.labels(self.name, method, str(status))
+        c.inc()
+
+    def count_error(self, code: str) -> None:
+        self._m_errors.labels(self.name, code).inc()
+
+    def count_retry(self, outcome: str) -> None:
+        self._m_retries.labels(self.name, outcome).inc()
+
+    def auth_value(self, access_token: str) -> str:
+        return self.inject_format.replace("{access_token}", access_token)
+
+    async def close(self) -> None:
+        if self.manager is not None:
+            self.manager.close()
+        await self.session.close()
+        if self.token_session is not None:
+            await self.token_session.close()
