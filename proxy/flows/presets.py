@@ -72,9 +72,9 @@ def _invoiced(p: dict[str, Any]) -> tuple[dict[str, Any], str]:
 def _taxizer(p: dict[str, Any]) -> tuple[dict[str, Any], str]:
     # Seed 002: POST {base}/Auth/Connect {clientId, clientSecret} -> jwtToken with an
     # ISO 8601 UTC expiry. The document names no refresh endpoint, so authproxy logs
-    # in again. It documents only the staging host; production is inferred.
-    host = "apistaging.taxizer.com" if p.get("sandbox") else "api.taxizer.com"
-    base = p.get("base_url") or f"https://{host}/v1/"
+    # in again. The document names one host, apistaging.taxizer.com, so that is the
+    # default; no other host is guessed: give base_url for any other environment.
+    base = p.get("base_url") or "https://apistaging.taxizer.com/v1/"
     auth = {
         "type": "login",
         "request": {
@@ -155,7 +155,7 @@ PRESETS: dict[str, Preset] = {
     ),  # fmt: skip
     "taxizer": Preset(
         "Taxizer clientId/clientSecret -> JWT",
-        ("client_id", "client_secret", "sandbox", *_COMMON),
+        ("client_id", "client_secret", *_COMMON),
         _taxizer,
     ),
     "b2b_jwt": Preset(

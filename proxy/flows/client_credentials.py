@@ -1,0 +1,128 @@
+"""OAuth2 client credentials (RFC 6749 section 4.4): the getpaid flow.
+
+The body is RFC 6749's form encoding by default, or JSON (``body: json``) for
+providers that want it (getpaid). The client authenticates in the body or with
+HTTP Basic (``client_auth: basic``; id and secret form-encoded first, as RFC 6749
+section 2.3.1 says). ``scope`` arrives already joined by the config; ``audience``
+and ``extra`` fields are added as given.
+
+The OAuth2 answer helpers here are shared with the refresh-token flow.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from proxy.clock import Clock
+from proxy.config import ClientCredentialsAuth
+from proxy.flows.expiry import jwt_exp, parse_lifetime
+from proxy.flows.http import request_json
+from proxy.tokens import Token, TokenFetchError
+
+log = logging.getLogger("authproxy.flows")
+
+
+def basic_auth(client_id: str, client_secret: str) -> str:
+    """The ``Authorization: Basic`` value of RFC 6749 section 2.3.1."""
+    pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+def client_fields(
+    client_id: str, client_secret: str, client_auth: str, fields: dict[str, Any]
+) -> dict[str, str]:
+    """Add client authentication to ``fields``; the headers it needs."""
+    if client_auth == "basic":
+        return {"Authorization": basic_auth(client_id, client_secret)}
+    fields["client_id"] = client_id
+    fields["client_secret"] = client_secret
+    return {}
+
+
+def oauth2_token(
+    data: dict[str, Any],
+    *,
+    now: float,
+    default_ttl: float,
+    how: str,
+    refresh_token: str | None = None,
+    what: str = "token endpoint",
+) -> Token:
+    """A :class:`Token` from an RFC 6749 answer (``access_token``, ``expires_in``, ...).
+
+    ``refresh_token`` is kept when the answer brings no new one (no rotation).
+    """
+    access = data.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise TokenFetchError(f"{what} answer has no access_token", retryable=False)
+    expires_at: float | None = None
+    lifetime = parse_lifetime(data.get("expires_in"))
+    if lifetime is not None:
+        expires_at = now + lifetime
+    else:
+        expires_at = jwt_exp(access)
+        if expires_at is None:
+            expires_at = now + default_ttl
+    new_refresh = data.get("refresh_token")
+    if isinstance(new_refresh, str) and new_refresh:
+        refresh_token = new_refresh
+    return Token(
+        access_token=access,
+        expires_at=expires_at,
+        refresh_token=refresh_token,
+        obtained_at=now,
+        how=how,
+    )
+
+
+class ClientCredentialsFlow:
+    """A token for the client itself, from ``client_id`` and ``client_secret``."""
+
+    grant = "client_credentials"
+
+    def __init__(
+        self,
+        route_name: str,
+        auth: ClientCredentialsAuth,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        self.route = route_name
+        self.auth = auth
+        self.session = session
+        self.clock = clock
+
+    async def fetch(self, previous: Token | None) -> Token:
+        auth = self.auth
+        fields: dict[str, Any] = {"grant_type": "client_credentials"}
+        headers = client_fields(auth.client_id, auth.client_secret, auth.client_auth, fields)
+        if auth.scope:
+            fields["scope"] = auth.scope
+        if auth.audience:
+            fields["audience"] = auth.audience
+        fields.update(auth.extra)
+        if auth.body == "json":
+            data = await request_json(
+                self.session, "POST", auth.token_url, headers=headers, json_body=fields
+            )
+        else:
+            form = {k: _form_value(v) for k, v in fields.items()}
+            data = await request_json(
+                self.session, "POST", auth.token_url, headers=headers, form=form
+            )
+        return oauth2_token(
+            data, now=self.clock.time(), default_ttl=auth.default_ttl, how="client_credentials"
+        )
+
+
+def _form_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return "" if value is None else str(value)

@@ -1,0 +1,158 @@
+"""Talking to token endpoints: one request, a bounded answer, failures translated.
+
+Every flow sends its token requests through :func:`request_json`, so that the
+rules are the same for all of them, as httpx translates transport errors in one
+place:
+
+- the answer is read up to :data:`MAX_ANSWER` bytes; a bigger one is refused,
+  never buffered whole;
+- network errors, timeouts, 5xx, 408 and 429 are *retryable* (``Retry-After``
+  is honoured); every other 4xx is not: retrying cannot fix bad credentials;
+- a :class:`~proxy.tokens.TokenFetchError` message names the provider's HTTP
+  status and its error code (OAuth2 ``error``, or ``error.code`` of an error
+  envelope), and nothing else of the answer: never a secret, a token, or the
+  raw body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from proxy.tokens import TokenFetchError
+
+#: a token answer is a few KiB at most; anything past this is refused
+MAX_ANSWER = 1024 * 1024
+#: an error code is shown only when it looks like one (``invalid_client``, ``UNAUTHORIZED``)
+_CODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+async def request_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | None = None,
+    json_body: Any = None,
+    what: str = "token endpoint",
+) -> dict[str, Any]:
+    """Send one token request; the answer's JSON object, or :class:`TokenFetchError`.
+
+    ``what`` names the endpoint in messages ("token endpoint", "refresh endpoint").
+    The session's own timeout (the route's ``token_timeout``) bounds the exchange.
+    """
+    hdrs = {"Accept": "application/json", **(headers or {})}
+    kwargs: dict[str, Any] = {"headers": hdrs, "allow_redirects": False}
+    if form is not None:
+        kwargs["data"] = dict(form)
+    elif json_body is not None:
+        kwargs["json"] = json_body
+    try:
+        async with session.request(method, url, **kwargs) as resp:
+            raw = await _read_bounded(resp, what)
+            status = resp.status
+            content_type = resp.content_type
+            retry_after = _retry_after(resp.headers.get("Retry-After"))
+    except TokenFetchError:
+        raise
+    except TimeoutError:
+        raise TokenFetchError(f"{what} did not answer in time") from None
+    except aiohttp.ClientPayloadError:
+        raise TokenFetchError(f"{what} answer was cut short") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TokenFetchError(f"{what} unreachable ({type(exc).__name__})") from None
+
+    if not 200 <= status < 300:
+        raise _status_error(status, raw, retry_after, what)
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        head = raw.lstrip()[:1]
+        if "html" in content_type or head == b"<":
+            raise TokenFetchError(
+                f"{what} answered {status} with HTML, not JSON (check the URL)", status=status,
+                retryable=False,
+            ) from None  # fmt: skip
+        raise TokenFetchError(
+            f"{what} answered {status} with invalid or truncated JSON",
+            status=status,
+            retryable=False,
+        ) from None
+    if not isinstance(data, dict):
+        raise TokenFetchError(
+            f"{what} answered {status} with JSON that is not an object",
+            status=status,
+            retryable=False,
+        )
+    return data
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, what: str) -> bytes:
+    length = resp.content_length
+    if length is not None and length > MAX_ANSWER:
+        raise _too_large(resp.status, what)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise _too_large(resp.status, what)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(status: int, what: str) -> TokenFetchError:
+    return TokenFetchError(
+        f"{what} answered {status} with more than {MAX_ANSWER // 1024} KiB; refused",
+        status=status,
+        retryable=status >= 500,
+    )
+
+
+def error_code(raw: bytes) -> str | None:
+    """The provider's error code: OAuth2 ``error``, or ``error.code`` of an envelope."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    err = data.get("error")
+    code: Any = err.get("code") if isinstance(err, dict) else err
+    if isinstance(code, str) and _CODE.match(code):
+        return code
+    return None
+
+
+def _status_error(status: int, raw: bytes, retry_after: float | None, what: str) -> TokenFetchError:
+    code = error_code(raw)
+    message = f"{what} answered {status}" + (f" ({code})" if code else "")
+    retryable = status >= 500 or status in _RETRYABLE_4XX
+    return TokenFetchError(
+        message,
+        status=status,
+        retryable=retryable,
+        retry_after=retry_after if retryable else None,
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), 3600))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), 3600.0))

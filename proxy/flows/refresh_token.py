@@ -1,0 +1,69 @@
+"""OAuth2 refresh token grant (RFC 6749 section 6): the Invoiced flow.
+
+The refresh token comes from the previous token (the rotated one, which the
+manager saved to the store before using it), else from the config; with
+neither, a person must run ``authproxy authorize`` once (:class:`NeedsConsent`).
+The body is form-encoded, as RFC 6749 requires and Invoiced insists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from proxy.clock import Clock
+from proxy.config import RefreshTokenAuth
+from proxy.flows.client_credentials import client_fields, oauth2_token
+from proxy.flows.http import request_json
+from proxy.tokens import NeedsConsent, Token, TokenFetchError
+
+
+class RefreshTokenFlow:
+    """Access tokens from a long-lived (possibly rotating) refresh token."""
+
+    grant = "refresh_token"
+
+    def __init__(
+        self,
+        route_name: str,
+        auth: RefreshTokenAuth,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        self.route = route_name
+        self.auth = auth
+        self.session = session
+        self.clock = clock
+
+    async def fetch(self, previous: Token | None) -> Token:
+        auth = self.auth
+        refresh = (previous.refresh_token if previous is not None else None) or auth.refresh_token
+        if not refresh:
+            raise NeedsConsent(self.route)
+        fields: dict[str, Any] = {"grant_type": "refresh_token", "refresh_token": refresh}
+        headers = client_fields(auth.client_id, auth.client_secret, auth.client_auth, fields)
+        fields.update(auth.extra)
+        form = {k: str(v) for k, v in fields.items()}
+        try:
+            data = await request_json(
+                self.session, "POST", auth.token_url, headers=headers, form=form
+            )
+        except TokenFetchError as exc:
+            if exc.status == 400 and "invalid_grant" in exc.message:
+                # The refresh token is dead (revoked, expired, or already rotated):
+                # only a new consent helps, so say so.
+                raise TokenFetchError(
+                    f"{exc.message}: the refresh token was refused; "
+                    f"run `authproxy authorize {self.route}`",
+                    status=exc.status,
+                    retryable=False,
+                ) from None
+            raise
+        return oauth2_token(
+            data,
+            now=self.clock.time(),
+            default_ttl=auth.default_ttl,
+            how="refresh",
+            refresh_token=refresh,
+        )
