@@ -1,11 +1,13 @@
 """The admin port: /metrics, /healthz, /readyz, /status.
 
 Separate from the proxy port so that probes and scrapes never compete with, or
-get routed like, application traffic. Nothing here ever shows a token.
+get routed like, application traffic. Nothing here ever shows a token: the
+per-route view is built from a token's expiry and timestamps only.
 """
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -15,27 +17,67 @@ if TYPE_CHECKING:
     from proxy.app import Proxy
 
 PROXY: web.AppKey[Proxy] = web.AppKey("proxy")
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _request_counts(proxy: Proxy) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for family in proxy.metrics.requests.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                route = sample.labels.get("route", "")
+                counts[route] = counts.get(route, 0) + int(sample.value)
+    return counts
 
 
 def route_states(proxy: Proxy) -> dict[str, dict[str, Any]]:
-    """Per route: whether a token is held or obtainable, its expiry, the last error."""
+    """Per route: whether a token is held or obtainable, its expiry, the last error.
+
+    A route is ready when it needs no token, holds a usable one, or holds an
+    expired one that nothing has failed to renew yet.
+    """
     now = proxy.clock.time()
+    counts = _request_counts(proxy)
     out: dict[str, dict[str, Any]] = {}
     for name, rt in proxy.routes.items():
+        state: dict[str, Any] = {
+            "prefix": rt.config.prefix,
+            "auth": rt.config.preset or rt.config.auth.type,
+            "requests": counts.get(name, 0),
+            "inflight": rt.inflight,
+        }
         m = rt.manager
         if m is None:
-            out[name] = {"ready": True, "auth": rt.config.auth.type}
+            state.update(ready=True, token="not needed")
+            out[name] = state
             continue
         tok = m.token
         held = tok is not None and tok.usable(now)
-        out[name] = {
-            "ready": held,
-            "auth": rt.config.auth.type,
-            "token_held": held,
-            "expires_in": round(tok.expires_at - now, 1) if tok and tok.expires_at else None,
-            "last_error": m.last_error,
-        }
+        error = m.last_error
+        if held:
+            token_state = "valid"
+        elif tok is not None:
+            token_state = "expired"
+        else:
+            token_state = "none"
+        state.update(
+            ready=held or (tok is not None and error is None),
+            token=token_state,
+            token_held=held,
+            expires_at=tok.expires_at if tok else None,
+            expires_in=round(tok.expires_at - now, 1) if tok and tok.expires_at else None,
+            source=tok.how if tok else None,
+            last_refresh=m.last_refresh,
+            last_error=error,
+        )
+        out[name] = state
     return out
+
+
+def readiness(proxy: Proxy) -> tuple[bool, dict[str, dict[str, Any]]]:
+    routes = route_states(proxy)
+    ready = proxy.ready and not proxy.draining and all(r["ready"] for r in routes.values())
+    return ready, routes
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -44,14 +86,81 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok"}, headers=_NO_STORE)
 
 
 async def readyz(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
-    routes = route_states(proxy)
-    ready = proxy.ready and all(r["ready"] for r in routes.values())
-    return web.json_response({"ready": ready, "routes": routes}, status=200 if ready else 503)
+    ready, routes = readiness(proxy)
+    doc = {"ready": ready, "draining": proxy.draining, "routes": routes}
+    return web.json_response(doc, status=200 if ready else 503, headers=_NO_STORE)
+
+
+async def status(request: web.Request) -> web.Response:
+    """The per-route view for a person; JSON when the client asks for it."""
+    proxy = request.app[PROXY]
+    ready, routes = readiness(proxy)
+    if "application/json" in request.headers.get("Accept", ""):
+        doc = {"ready": ready, "draining": proxy.draining, "routes": routes}
+        return web.json_response(doc, headers=_NO_STORE)
+    return web.Response(
+        text=_status_page(ready, proxy.draining, routes, proxy.clock.time()),
+        content_type="text/html",
+        headers=_NO_STORE,
+    )
+
+
+def _ago(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return "never"
+    return f"{_span(now - epoch)} ago"
+
+
+def _span(seconds: float) -> str:
+    s = int(abs(seconds))
+    if s < 120:
+        text = f"{s}s"
+    elif s < 7200:
+        text = f"{s // 60}m {s % 60}s"
+    else:
+        text = f"{s // 3600}h {s % 3600 // 60}m"
+    return text if seconds >= 0 else f"-{text}"
+
+
+def _status_page(ready: bool, draining: bool, routes: dict[str, dict[str, Any]], now: float) -> str:
+    rows = []
+    for name, r in routes.items():
+        left = r.get("expires_in")
+        token = r["token"]
+        if left is not None:
+            token += f" ({_span(left)} left)"
+        cells = [
+            name,
+            r["prefix"],
+            r["auth"],
+            token,
+            _ago(r.get("last_refresh"), now) if "last_refresh" in r else "",
+            r.get("last_error") or "",
+            str(r["requests"]),
+            str(r["inflight"]),
+            "yes" if r["ready"] else "no",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    overall = "draining" if draining else ("ready" if ready else "not ready")
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "route", "prefix", "auth", "token", "last refresh", "last error",
+            "requests", "in flight", "ready",
+        )
+    )  # fmt: skip
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><title>authproxy status</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head>"
+        f"<body><h1>authproxy: {overall}</h1><table><tr>{head}</tr>{''.join(rows)}</table>"
+        "<p>JSON: send <code>Accept: application/json</code>.</p></body></html>"
+    )
 
 
 def admin_app(proxy: Proxy) -> web.Application:
@@ -60,4 +169,5 @@ def admin_app(proxy: Proxy) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
     return app

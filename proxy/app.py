@@ -27,14 +27,15 @@ from proxy.errors import (
     ProxyError,
     error_response,
 )
-from proxy.forward import forward
+from proxy.forward import X_REQUEST_ID, forward
+from proxy.logs import Exchange, access_log
+from proxy.logs import access as log_access
 from proxy.metrics import Metrics, method_label
 from proxy.route import RouteRuntime
 from proxy.routing import Router
 from proxy.stores import TokenStore, open_store
 
 log = logging.getLogger("authproxy")
-access_log = logging.getLogger("authproxy.access")
 
 INBOUND_TOKEN = "X-Authproxy-Token"
 
@@ -160,6 +161,7 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         route: RouteRuntime | None = None
+        ex = Exchange(request.headers.get(X_REQUEST_ID) or os.urandom(8).hex())
         try:
             if request.method == "CONNECT":
                 raise MethodNotAllowed("CONNECT is not served: authproxy is not an open proxy")
@@ -175,7 +177,7 @@ class Proxy:
             route.inflight += 1
             route.m_inflight.inc()
             try:
-                resp = await forward(request, route, match)
+                resp = await forward(request, route, match, ex)
             finally:
                 route.inflight -= 1
                 route.m_inflight.dec()
@@ -183,6 +185,7 @@ class Proxy:
             if err.route is None and route is not None:
                 err.route = route.name
             resp = error_response(err)
+            resp.headers[X_REQUEST_ID] = ex.request_id
             self.metrics.proxy_errors.labels(route.name if route else "", err.code).inc()
             if err.status >= 500:
                 log.warning("%s: %s", err.code, err.message, extra={"route": err.route or ""})
@@ -192,21 +195,20 @@ class Proxy:
                 "internal error in authproxy", route=route.name if route else None
             )
             resp = error_response(internal)
+            resp.headers[X_REQUEST_ID] = ex.request_id
         elapsed = time.perf_counter() - started
         if route is not None:
             route.count(method_label(request.method), resp.status)
             route.m_duration.observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "request",
-                extra={
-                    "route": route.name if route else "",
-                    "method": request.method,
-                    "path": request.path,
-                    "status": resp.status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "error": resp.headers.get("X-Authproxy-Error", ""),
-                },
+            log_access(
+                route.name if route else "",
+                request.method,
+                request.path,
+                resp.status,
+                elapsed,
+                ex,
+                resp.headers.get("X-Authproxy-Error", ""),
             )
         return resp
 

@@ -20,14 +20,17 @@ from multidict import CIMultiDict, istr
 from yarl import URL
 
 from proxy.errors import BodyTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from proxy.logs import Exchange
 from proxy.route import RouteRuntime
 from proxy.routing import Match, join_upstream
 from proxy.tokens import Token
 
 log = logging.getLogger("authproxy.forward")
 
+# Header names are compared lowercased: istr equality is case-sensitive, so a
+# client's "host" or "x-authproxy-token" would otherwise slip past these sets.
 HOP_BY_HOP = frozenset(
-    istr(h)
+    h.lower()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
         "Trailer", "Trailers", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
@@ -35,8 +38,8 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 #: never forwarded upstream, whatever the route: the proxy's own or recomputed
 REQUEST_DROP = HOP_BY_HOP | {
-    istr("Host"), istr("Expect"), istr("X-Authproxy-Token"),
-    istr("X-Forwarded-For"), istr("X-Forwarded-Proto"), istr("X-Forwarded-Host"),
+    "host", "expect", "x-authproxy-token",
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
 }  # fmt: skip
 AUTHORIZATION = istr("Authorization")
 CONNECTION = istr("Connection")
@@ -51,27 +54,30 @@ _DRAIN_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
 
 
-def _connection_listed(headers: Any) -> frozenset[istr]:
-    """Header names a ``Connection`` header marks as hop-by-hop."""
+def _connection_listed(headers: Any) -> frozenset[str]:
+    """Header names (lowercased) a ``Connection`` header marks as hop-by-hop."""
     values = headers.getall(CONNECTION, ())
     if not values:
         return frozenset()
-    return frozenset(istr(n.strip()) for v in values for n in v.split(",") if n.strip())
+    return frozenset(n.strip().lower() for v in values for n in v.split(",") if n.strip())
 
 
-def upstream_headers(request: web.BaseRequest, route: RouteRuntime) -> CIMultiDict[str]:
+def upstream_headers(
+    request: web.BaseRequest, route: RouteRuntime, request_id: str | None = None
+) -> CIMultiDict[str]:
     """The client's headers as the upstream should see them, without credentials."""
     src = request.headers
     drop = REQUEST_DROP | _connection_listed(src) if CONNECTION in src else REQUEST_DROP
     keep_auth = route.config.pass_client_authorization
-    injected = route.header
+    injected = route.header.lower() if route.header is not None else None
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in src.items():
-        if name in drop:
+        key = name.lower()
+        if key in drop:
             continue
-        if name == AUTHORIZATION and not keep_auth:
+        if key == "authorization" and not keep_auth:
             continue
-        if injected is not None and name == injected and not (keep_auth and name == AUTHORIZATION):
+        if key == injected and not (keep_auth and key == "authorization"):
             continue
         out.add(name, value)
     peer = request.remote or ""
@@ -85,7 +91,7 @@ def upstream_headers(request: web.BaseRequest, route: RouteRuntime) -> CIMultiDi
     if host:
         out[X_FORWARDED_HOST] = host
     if X_REQUEST_ID not in out:
-        out[X_REQUEST_ID] = os.urandom(8).hex()
+        out[X_REQUEST_ID] = request_id or os.urandom(8).hex()
     return out
 
 
@@ -94,8 +100,9 @@ def response_headers(resp: aiohttp.ClientResponse) -> CIMultiDict[str]:
     listed = _connection_listed(resp.headers) if CONNECTION in resp.headers else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
     for raw_name, raw_value in resp.raw_headers:
-        name = istr(raw_name.decode("latin-1"))
-        if name in HOP_BY_HOP or name in listed:
+        name = raw_name.decode("latin-1")
+        key = name.lower()
+        if key in HOP_BY_HOP or key in listed:
             continue
         out.add(name, raw_value.decode("latin-1"))
     return out
@@ -109,9 +116,10 @@ class _Body:
         self.prefix = prefix
         self.limit = limit
         self.too_large = False
+        self.total = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        total = len(self.prefix)
+        total = self.total = len(self.prefix)
         if self.prefix:
             yield self.prefix
         while True:
@@ -119,6 +127,7 @@ class _Body:
             if not chunk:
                 return
             total += len(chunk)
+            self.total = total
             if total > self.limit:
                 self.too_large = True
                 raise BodyTooLarge(f"the request body is larger than {self.limit} bytes")
@@ -149,14 +158,18 @@ async def _release(resp: aiohttp.ClientResponse) -> None:
 
 
 async def forward(
-    request: web.BaseRequest, route: RouteRuntime, match: Match[Any]
+    request: web.BaseRequest, route: RouteRuntime, match: Match[Any], ex: Exchange | None = None
 ) -> web.StreamResponse:
-    """Send ``request`` upstream through ``route`` and stream the answer back."""
+    """Send ``request`` upstream through ``route`` and stream the answer back.
+
+    ``ex``, when given, is filled in for the access log (request id, token
+    fetched or replayed, upstream time, bytes both ways).
+    """
     config = route.config
     length = request.content_length
     if length is not None and length > config.max_body:
         raise BodyTooLarge(f"the request body is larger than {config.max_body} bytes")
-    headers = upstream_headers(request, route)
+    headers = upstream_headers(request, route, ex.request_id if ex is not None else None)
     url = URL(route.origin + join_upstream(route.base_path, match.rest, match.query), encoded=True)
     manager = route.manager
 
@@ -184,12 +197,15 @@ async def forward(
 
     token: Token | None = None
     if manager is not None:
+        cached = manager.token
         token = await manager.get()
+        if ex is not None and token is not cached:
+            ex.token_fetched = True
         headers[route.header] = route.auth_value(token.access_token)  # type: ignore[index]
     elif route.static_value is not None:
         headers[route.header] = route.static_value  # type: ignore[index]
 
-    resp = await _send(request, route, url, headers, body, streamed)
+    resp = await _send(request, route, url, headers, body, streamed, ex)
     if resp.status == 401 and token is not None and manager is not None and config.retry_on_401:
         manager.invalidate(token)
         if not replayable:
@@ -202,9 +218,13 @@ async def forward(
                 route.count_retry("failed")
                 raise
             headers[route.header] = route.auth_value(token.access_token)  # type: ignore[index]
-            resp = await _send(request, route, url, headers, body, None)
+            resp = await _send(request, route, url, headers, body, None, ex)
             route.count_retry("failed" if resp.status == 401 else "replayed")
-    return await _stream_back(request, route, resp)
+            if ex is not None:
+                ex.replayed = True
+    if ex is not None:
+        ex.bytes_in = len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
+    return await _stream_back(request, route, resp, ex)
 
 
 async def _send(
@@ -214,6 +234,7 @@ async def _send(
     headers: CIMultiDict[str],
     body: bytes | AsyncIterator[bytes] | None,
     streamed: _Body | None,
+    ex: Exchange | None = None,
 ) -> aiohttp.ClientResponse:
     started = time.perf_counter()
     try:
@@ -239,12 +260,18 @@ async def _send(
         raise UpstreamUnavailable(
             f"upstream connection failed ({type(exc).__name__})", route=route.name
         ) from exc
-    route.m_upstream.observe(time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    route.m_upstream.observe(elapsed)
+    if ex is not None:
+        ex.upstream_s += elapsed
     return resp
 
 
 async def _stream_back(
-    request: web.BaseRequest, route: RouteRuntime, resp: aiohttp.ClientResponse
+    request: web.BaseRequest,
+    route: RouteRuntime,
+    resp: aiohttp.ClientResponse,
+    ex: Exchange | None = None,
 ) -> web.StreamResponse:
     # All of the upstream's headers, duplicates (Set-Cookie) included.
     out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=response_headers(resp))
@@ -256,6 +283,8 @@ async def _stream_back(
                 chunk = await content.readany()
                 if not chunk:
                     break
+                if ex is not None:
+                    ex.bytes_out += len(chunk)
                 await out.write(chunk)
         await out.write_eof()
     except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:

@@ -2,59 +2,122 @@
 
 Log calls pass structured fields with ``extra={...}``; the formatters print
 them. Secrets never reach a log call in the first place (tokens are masked in
-their reprs, paths are logged without their query); as a second line of defence
-:class:`RedactFilter` masks anything that looks like a credential in a message.
+their reprs, paths are logged without their query, exceptions are logged by type
+and stack frames, never by message). As a second line of defence every
+formatted line is scrubbed: values that look like credentials (``Bearer ...``,
+``client_secret=...``) are masked, and so is every secret the config holds
+(:func:`remember_secrets`), should a provider ever echo one in an error message.
+
+The access log is :func:`access`, one line per request, and costs nothing when
+``authproxy.access`` is not enabled for INFO.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import sys
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 _CREDENTIAL = re.compile(
-    r"(?i)(bearer\s+|basic\s+|(?:access_token|refresh_token|client_secret|password|api_key)"
-    r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',&}]+"
+    r"(?i)(bearer\s+|basic\s+|(?:access_token|refresh_token|client_secret|password|api_key"
+    r"|apikey|secret|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',&}]+"
 )
+#: secrets shorter than this are not scrubbed by value: they would mangle ordinary words
+_MIN_SECRET = 6
+
+access_log = logging.getLogger("authproxy.access")
+
+_secrets: frozenset[str] = frozenset()
 
 
 def redact(text: str) -> str:
+    """``text`` with credential-looking values and every remembered secret masked."""
+    for s in _secrets:
+        if s in text:
+            text = text.replace(s, "***")
     return _CREDENTIAL.sub(r"\1***", text)
+
+
+def remember_secrets(config: Any) -> None:
+    """Remember every ``Secret`` in ``config`` so that no log line can ever carry one."""
+    from proxy.config import Secret
+
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Secret):
+            if len(value) >= _MIN_SECRET:
+                found.add(str(value))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name))
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v)
+
+    walk(config)
+    global _secrets
+    # Longest first, so that a secret containing another is masked whole.
+    _secrets = frozenset(sorted(found, key=len, reverse=True))
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
 
+def _exception(record: logging.LogRecord) -> dict[str, str]:
+    """The exception's type and stack frames. Its message could quote a secret: left out."""
+    if not record.exc_info or record.exc_info[0] is None:
+        return {}
+    etype, _, tb = record.exc_info
+    out = {"error": etype.__name__}
+    if tb is not None:
+        out["trace"] = "".join(traceback.format_tb(tb)).rstrip()
+    return out
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, then the record's fields."""
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": record.getMessage(),
         }
         doc.update(_fields(record))
-        if record.exc_info and record.exc_info[0] is not None:
-            doc["error"] = record.exc_info[0].__name__
-        return json.dumps(doc, default=str)
+        doc.update(_exception(record))
+        return redact(json.dumps(doc, default=str))
 
 
 class TextFormatter(logging.Formatter):
+    """A line for people: time, level, message, then ``key=value`` fields."""
+
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{ts} {record.levelname.lower():7} {redact(record.getMessage())}"
-        if record.exc_info and record.exc_info[0] is not None:
-            line += f" error={record.exc_info[0].__name__}"
-        return f"{line} {extra}".rstrip()
+        fields = _fields(record)
+        exc = _exception(record)
+        if "error" in exc:
+            fields["error"] = exc["error"]
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        line = f"{ts} {record.levelname.lower():7} {record.getMessage()} {extra}".rstrip()
+        if "trace" in exc:
+            line += "\n" + exc["trace"]
+        return redact(line)
 
 
 def setup(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
+    """Route every logger (aiohttp's and asyncio's too) through one scrubbing handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
@@ -62,3 +125,55 @@ def setup(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log duplicates ours and would print query strings.
     logging.getLogger("aiohttp.access").disabled = True
+
+
+# -- the access log ----------------------------------------------------------------
+
+
+class Exchange:
+    """What one request did, filled in by the forwarder, read by the access log."""
+
+    __slots__ = ("request_id", "token_fetched", "replayed", "upstream_s", "bytes_in", "bytes_out")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        #: this request waited for a token fetch (no usable token was cached)
+        self.token_fetched = False
+        #: an upstream 401 made the proxy replay this request with a fresh token
+        self.replayed = False
+        self.upstream_s = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+
+def access(
+    route: str,
+    method: str,
+    path: str,
+    status: int,
+    seconds: float,
+    ex: Exchange,
+    error: str,
+) -> None:
+    """One access-log line. ``path`` must be without its query string.
+
+    Callers check ``access_log.isEnabledFor(logging.INFO)`` first, so that a
+    disabled access log costs one attribute lookup per request.
+    """
+    access_log.info(
+        "request",
+        extra={
+            "route": route,
+            "method": method,
+            "path": path,
+            "status": status,
+            "bytes_in": ex.bytes_in,
+            "bytes_out": ex.bytes_out,
+            "duration_ms": round(seconds * 1000, 3),
+            "upstream_ms": round(ex.upstream_s * 1000, 3),
+            "token_fetched": ex.token_fetched,
+            "replayed": ex.replayed,
+            "request_id": ex.request_id,
+            "error": error,
+        },
+    )

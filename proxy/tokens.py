@@ -256,7 +256,10 @@ class TokenManager:
         self._refused = current
         self._token = None
         self._cancel_timer()
-        log.info("token refused upstream; dropped", extra={"route": self.route})
+        log.info(
+            "token refused upstream; dropped",
+            extra={"route": self.route, "event": "invalidated", "source": current.how},
+        )
         return True
 
     async def prime(self) -> Token:
@@ -295,6 +298,7 @@ class TokenManager:
             previous = self._token or self._refused
             stored: Token | None = await self._load_stored()
             if stored is not None and self._adoptable(stored, previous):
+                _log_event("obtained", self.route, "store", stored, self.clock.time())
                 return self._set(replace(stored, how="store") if stored.how != "store" else stored)
             if stored is not None and (previous is None or _newer(stored, previous)):
                 previous = stored
@@ -325,6 +329,13 @@ class TokenManager:
                 )
         self.events.fetched(self.route, self.source.grant, tok, time.monotonic() - started)
         self.last_refresh = self.clock.time()
+        _log_event(
+            "refreshed" if tok.how == "refresh" else "obtained",
+            self.route,
+            tok.how,
+            tok,
+            self.last_refresh,
+        )
         return self._set(tok)
 
     async def _load_stored(self) -> Token | None:
@@ -369,7 +380,12 @@ class TokenManager:
             "token request failed: %s; next attempt in %.1fs",
             exc.message,
             wait,
-            extra={"route": self.route},
+            extra={
+                "route": self.route,
+                "event": "failed",
+                "source": self.source.grant,
+                "status": exc.status,
+            },
         )
         if exc.retryable:
             self._arm(wait)
@@ -421,6 +437,17 @@ class TokenManager:
                 f"{exc.message}; retrying in {wait:.0f}s", route=self.route, retry_after=wait
             )
         return TokenUnavailable(exc.message, route=self.route)
+
+
+def _log_event(event: str, route: str, source: str, tok: Token, now: float) -> None:
+    """A token event line: what happened and where from, never the token."""
+    if log.isEnabledFor(logging.INFO):
+        expires_in = None if tok.expires_at is None else round(tok.expires_at - now, 1)
+        log.info(
+            "token %s",
+            event,
+            extra={"route": route, "event": event, "source": source, "expires_in": expires_in},
+        )
 
 
 def _newer(a: Token, b: Token) -> bool:
