@@ -429,6 +429,7 @@ class _Parser:
         if key not in data or data[key] is None:
             if default is _MISSING:
                 self.error(sub, "is required")
+                return None  # type: ignore[return-value]
             return default  # type: ignore[no-any-return]
         try:
             return conv(self.resolve(data[key], sub, key in SECRET_KEYS))
@@ -702,7 +703,9 @@ def _parse_route(
     auth, preset, preset_upstream = _parse_auth(p, d.get("auth"), f"{path}.auth")
     if "auth" not in d:
         p.error(f"{path}.auth", "is required (use {type: none} for no authentication)")
-    upstream = p.value(d, "upstream", path, _http_url, preset_upstream or _MISSING)
+    # A preset that failed to expand has said why already; don't also ask for upstream.
+    fallback = preset_upstream or (None if preset else _MISSING)
+    upstream = p.value(d, "upstream", path, _http_url, fallback)
     if upstream:
         u = URL(upstream)
         if u.query_string or u.fragment:

@@ -120,7 +120,9 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain client, as an app would be: no decompression, no cookies kept."""
     async with aiohttp.ClientSession(
-        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
     ) as session:
         yield session
 
