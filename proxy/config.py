@@ -573,7 +573,7 @@ def _parse_auth(p: _Parser, data: Any, path: str) -> tuple[AuthConfig | None, st
         name = data["preset"]
         if name not in PRESETS:
             p.error(f"{path}.preset", f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-            return None, None, None
+            return None, str(name), None
         params = {k: v for k, v in data.items() if k != "preset"}
         p.section(params, path, set(PRESETS[name].params))
         resolved = p.resolve(params, path)
