@@ -519,7 +519,30 @@ def _parse_tls(p: _Parser, data: Any, path: str) -> TLSConfig:
             p.error(f"{path}.{key}", f"file {f} does not exist")
     if tls.client_key and not tls.client_cert:
         p.error(f"{path}.client_key", "needs client_cert too")
+    _check_tls_files(p, tls, path)
     return tls
+
+
+def _check_tls_files(p: _Parser, tls: TLSConfig, path: str) -> None:
+    """Load the PEM files once now, so that a bad one is a config error, not a crash at start."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file and os.path.isfile(tls.ca_file):
+        try:
+            ctx.load_verify_locations(cafile=tls.ca_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            p.error(f"{path}.ca_file", f"cannot load CA certificates from {tls.ca_file}: {exc}")
+    cert, key = tls.client_cert, tls.client_key
+    if cert and os.path.isfile(cert) and (not key or os.path.isfile(key)):
+        try:
+            # no password prompt: an encrypted key fails here instead of waiting for a TTY
+            ctx.load_cert_chain(cert, key, password=lambda: b"")
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            p.error(
+                f"{path}.client_cert",
+                f"cannot load the client certificate and key ({cert}, {key or 'same file'}): {exc}",
+            )
 
 
 def _parse_request(p: _Parser, data: Any, path: str) -> RequestSpec | None:

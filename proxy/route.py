@@ -43,8 +43,13 @@ def ssl_context(route: RouteConfig) -> ssl.SSLContext | bool:
     else:
         ctx = ssl.create_default_context(cafile=tls.ca_file)
     if tls.client_cert:
-        ctx.load_cert_chain(tls.client_cert, tls.client_key)
+        # An encrypted key must fail, never prompt on a terminal a daemon does not have.
+        ctx.load_cert_chain(tls.client_cert, tls.client_key, password=_no_password)
     return ctx
+
+
+def _no_password() -> bytes:
+    return b""
 
 
 def auth_fingerprint(route: RouteConfig) -> str:
@@ -85,6 +90,13 @@ class RouteRuntime:
             else None
         )
         self._ssl = ctx
+        if not config.tls.verify:
+            log.warning(
+                "TLS verification is OFF for route %s (tls.verify: false): its upstream and "
+                "token endpoint are not authenticated",
+                config.name,
+                extra={"route": config.name},
+            )
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=limit_per_host, ssl=ctx if ctx is not None else True,
             ttl_dns_cache=60, keepalive_timeout=30,
