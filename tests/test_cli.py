@@ -1,0 +1,159 @@
+"""The `authproxy` command as a user runs it: exit codes and what it prints."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def authproxy(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def example_env() -> dict[str, str]:
+    text = (ROOT / "config.example.yaml").read_text()
+    return {name: "x-" + name.lower() for name in re.findall(r"\$\{env:([A-Z0-9_]+)\}", text)}
+
+
+def test_example_config_passes_check() -> None:
+    result = authproxy("check", "-c", "config.example.yaml", env=example_env())
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout
+
+
+def test_example_config_explain_masks_secrets() -> None:
+    env = example_env()
+    result = authproxy("check", "-c", "config.example.yaml", "--explain", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "type: oauth2_client_credentials" in result.stdout  # getpaid expanded
+    for name, value in env.items():
+        if "ID" not in name and "USERNAME" not in name:
+            assert value not in result.stdout, name
+
+
+def test_check_lists_every_error_and_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "routes:\n  a:\n    upstream: nope\n    auth: {type: static}\n  b:\n    auth: {}\n"
+    )
+    result = authproxy("check", "-c", str(cfg))
+    assert result.returncode == 2
+    assert f"{cfg}:3: routes.a.upstream" in result.stderr
+    assert "routes.a.auth.value: is required" in result.stderr
+    assert "routes.b" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    result = authproxy("check", "-c", str(tmp_path / "none.yaml"))
+    assert result.returncode == 2
+    assert "cannot read config file" in result.stderr
+
+
+def test_default_config_path_comes_from_env(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("routes:\n  a: {upstream: 'http://x/', auth: {type: none}}\n")
+    result = authproxy("check", env={"AUTHPROXY_CONFIG": str(cfg)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert authproxy().returncode == 2
+    assert authproxy("frobnicate").returncode == 2
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_runs_and_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\n"
+        "routes:\n  a: {upstream: 'http://127.0.0.1:9/', auth: {type: none}}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "-c", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.1)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_serve_with_bad_config_exits_2_before_binding(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("listen: 0.0.0.0:1\nroutes:\n  a: {upstream: 'http://x/', auth: {type: none}}\n")
+    result = authproxy("serve", "-c", str(cfg))
+    assert result.returncode == 2
+    assert "listen" in result.stderr
+
+
+def test_serve_on_a_busy_port_exits_1_with_a_message(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{free_port()}\n"
+            "routes:\n  a: {upstream: 'http://x/', auth: {type: none}}\n"
+        )
+        result = authproxy("serve", "-c", str(cfg))
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = [line for line in ci.splitlines() if line.startswith("python3 -m venv")][0]
+    assert command in readme
+    assert "authproxy demo" in readme
