@@ -50,9 +50,20 @@ def fill(value: Any, values: Mapping[str, str]) -> Any:
     return value
 
 
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [str.__str__(value)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def _uses(spec: RequestSpec, placeholder: str) -> bool:
-    parts: list[Any] = [spec.url, dict(spec.headers), spec.json, dict(spec.form or {})]
-    return placeholder in repr(parts)
+    # Walk the values, not their repr: secrets show as *** in a repr.
+    parts = [spec.url, dict(spec.headers), spec.json, dict(spec.form or {})]
+    return any(placeholder in s for s in _strings(parts))
 
 
 class LoginFlow:
