@@ -28,7 +28,7 @@ from proxy.errors import (
     error_response,
 )
 from proxy.forward import X_REQUEST_ID, forward
-from proxy.logs import Exchange, access_log
+from proxy.logs import Exchange, access_log, remember_secrets
 from proxy.logs import access as log_access
 from proxy.metrics import Metrics, method_label
 from proxy.route import RouteRuntime
@@ -49,7 +49,7 @@ class Proxy:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
-        self.store: TokenStore = store or open_store(config.token_store)
+        self.store: TokenStore = store or open_store(config.token_store, metrics=self.metrics)
         self.routes: dict[str, RouteRuntime] = {}
         self.router: Router[RouteRuntime] = Router([])
         self.ready = False
@@ -60,6 +60,9 @@ class Proxy:
         self.admin_address: Listen | None = None
         self._allow = config.allow_from
         self._inbound = config.inbound_token.encode() if config.inbound_token else None
+        #: runtimes replaced by a reload, closed once their in-flight requests finish
+        self._retired: set[RouteRuntime] = set()
+        remember_secrets(config)
 
     # -- lifetime ---------------------------------------------------------------
 
@@ -118,8 +121,9 @@ class Proxy:
         self._runners.clear()
         for task in list(self._tasks):
             task.cancel()
-        for rt in self.routes.values():
+        for rt in [*self.routes.values(), *self._retired]:
             await rt.close()
+        self._retired.clear()
         await self.store.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -133,6 +137,75 @@ class Proxy:
             await rt.manager.prime()
         except ProxyError as exc:
             log.warning("no token yet: %s", exc.message, extra={"route": rt.name})
+
+    # -- reload ---------------------------------------------------------------------
+
+    async def reload(self, new: Config) -> dict[str, list[str]]:
+        """Serve ``new`` from now on, without disturbing requests in flight.
+
+        A route whose config is unchanged keeps its runtime, and so its token. Any
+        other route gets a new runtime; when its credentials or endpoints changed,
+        its token store key changes too, so the old token is never used again.
+        Replaced and removed runtimes close once their in-flight requests finish.
+        Listener, store and server settings need a restart: that is logged.
+        Raises (and changes nothing) when a new route cannot be built.
+        """
+        old = self.config
+        for what in ("listen", "admin_listen", "token_store", "shutdown_grace"):
+            if getattr(old, what) != getattr(new, what):
+                log.warning("config reload: %s changed; it takes effect after a restart", what)
+        for what in ("max_header_size", "idle_timeout"):
+            if getattr(old.limits, what) != getattr(new.limits, what):
+                log.warning(
+                    "config reload: limits.%s changed; it takes effect after a restart", what
+                )
+        outcome: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "kept": []}
+        routes: dict[str, RouteRuntime] = {}
+        fresh: list[RouteRuntime] = []
+        try:
+            for rc in new.routes:
+                current = self.routes.get(rc.name)
+                if current is not None and current.config == rc:
+                    routes[rc.name] = current
+                    outcome["kept"].append(rc.name)
+                    continue
+                rt = RouteRuntime(rc, clock=self.clock, metrics=self.metrics, store=self.store)
+                fresh.append(rt)
+                routes[rc.name] = rt
+                outcome["changed" if current is not None else "added"].append(rc.name)
+        except BaseException:
+            for rt in fresh:
+                await rt.close()
+            raise
+        outcome["removed"] = [name for name in self.routes if name not in routes]
+        retired = [rt for name, rt in self.routes.items() if routes.get(name) is not rt]
+        # The swap: no await from here to the end, so every request sees either
+        # the old routes or the new ones, never a mix.
+        self.routes = routes
+        self.router = Router([(rt.config.prefix, rt) for rt in routes.values()])
+        self.config = new
+        self._allow = new.allow_from
+        self._inbound = new.inbound_token.encode() if new.inbound_token else None
+        remember_secrets(new)
+        for rt in retired:
+            if rt.manager is not None:
+                rt.manager.retire()
+            self._retired.add(rt)
+            self._spawn(self._close_when_idle(rt))
+        for name in outcome["removed"]:
+            self.metrics.forget_route(name)
+        for rt in fresh:
+            if rt.manager is not None:
+                self._spawn(self._prime(rt))
+        return outcome
+
+    async def _close_when_idle(self, rt: RouteRuntime) -> None:
+        # Requests on an old runtime are bounded by its timeout; past that, close anyway.
+        deadline = time.monotonic() + rt.config.timeout + 5.0
+        while rt.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await rt.close()
+        self._retired.discard(rt)
 
     # -- routes ---------------------------------------------------------------------
 

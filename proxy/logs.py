@@ -33,7 +33,7 @@ _MIN_SECRET = 6
 
 access_log = logging.getLogger("authproxy.access")
 
-_secrets: frozenset[str] = frozenset()
+_secrets: tuple[str, ...] = ()
 
 
 def redact(text: str) -> str:
@@ -45,7 +45,10 @@ def redact(text: str) -> str:
 
 
 def remember_secrets(config: Any) -> None:
-    """Remember every ``Secret`` in ``config`` so that no log line can ever carry one."""
+    """Remember every ``Secret`` in ``config`` so that no log line can ever carry one.
+
+    Called for every config loaded, at start and on reload.
+    """
     from proxy.config import Secret
 
     found: set[str] = set()
@@ -66,8 +69,9 @@ def remember_secrets(config: Any) -> None:
 
     walk(config)
     global _secrets
+    # Kept across reloads: a rotated-out secret must not appear in logs either.
     # Longest first, so that a secret containing another is masked whole.
-    _secrets = frozenset(sorted(found, key=len, reverse=True))
+    _secrets = tuple(sorted(found.union(_secrets), key=len, reverse=True))
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

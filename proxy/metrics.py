@@ -111,6 +111,14 @@ class Metrics:
         for outcome in ("success", "error"):
             self.config_reloads.labels(outcome)
 
+    def forget_route(self, route: str) -> None:
+        """Drop a removed route's gauges, so that they do not go on reporting it."""
+        for gauge in (self.token_expiry, self.inflight):
+            try:
+                gauge.remove(route)
+            except KeyError:
+                pass
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

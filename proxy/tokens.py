@@ -266,6 +266,15 @@ class TokenManager:
         """Fetch (or load) a token now; used at start-up and by ``authproxy token``."""
         return await self.get()
 
+    def retire(self) -> None:
+        """Stop refreshing in the background; a fetch under way still completes.
+
+        For a route being replaced by a reload: its in-flight requests may still
+        need :meth:`get` (a 401 replay), but it must not rotate tokens any more.
+        """
+        self._closed = True
+        self._cancel_timer()
+
     def close(self) -> None:
         self._closed = True
         self._cancel_timer()
