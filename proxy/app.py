@@ -258,6 +258,10 @@ class Proxy:
             if err.route is None and route is not None:
                 err.route = route.name
             resp = error_response(err)
+            if err.status == 413:
+                # The connection ends with this answer: the rest of an oversized body is
+                # only drained by aiohttp's lingering close (10 s at most), never reused.
+                resp.force_close()
             resp.headers[X_REQUEST_ID] = ex.request_id
             self.metrics.proxy_errors.labels(route.name if route else "", err.code).inc()
             if err.status >= 500:
