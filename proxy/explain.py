@@ -1,7 +1,8 @@
 """``authproxy check --explain``: the config as authproxy understood it.
 
-Presets appear expanded into the generic auth type they stand for; every secret
-is masked.
+Presets appear expanded into the generic auth type they stand for (``type``
+first, unset options left out); every secret is masked. A ``{refresh_token}``
+or ``{access_token}`` placeholder is shown as written: it is not a secret.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import yaml
 
 from proxy.config import Config, Listen, Secret
 
+_PLACEHOLDERS = frozenset({"{access_token}", "{refresh_token}"})
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Secret):
-        return "***"
+        return str.__str__(value) if value in _PLACEHOLDERS else "***"
     if isinstance(value, Listen):
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -30,9 +33,24 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _auth_view(auth: dict[str, Any]) -> dict[str, Any]:
+    """The auth mapping as a user would write it: type first, unset options dropped."""
+
+    def prune(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: prune(v) for k, v in node.items() if v is not None and v != {}}
+        return node
+
+    out: dict[str, Any] = {"type": auth.get("type")}
+    out.update(prune({k: v for k, v in auth.items() if k != "type"}))
+    return out
+
+
 def explain(config: Config) -> str:
     doc = _plain(config)
     routes = {r.pop("name"): r for r in doc.pop("routes")}
+    for route in routes.values():
+        route["auth"] = _auth_view(route["auth"])
     doc.pop("sources", None)
     doc["routes"] = routes
     if config.unix_socket_mode is not None:
