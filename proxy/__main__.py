@@ -46,8 +46,13 @@ def _load(path: str | None) -> configmod.Config | None:
 
 async def _serve(config: configmod.Config, config_path: str) -> int:
     from proxy.app import create_app
+    from proxy.stores import StoreError
 
-    proxy = create_app(config)
+    try:
+        proxy = create_app(config)
+    except StoreError as exc:
+        print(f"authproxy: token store: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     try:
         await proxy.start()
     except OSError as exc:
@@ -117,7 +122,7 @@ async def _token(config: configmod.Config, route_name: str, show: bool) -> int:
     from proxy.errors import ProxyError
     from proxy.metrics import Metrics
     from proxy.route import RouteRuntime
-    from proxy.stores import open_store
+    from proxy.stores import StoreError, open_store
 
     try:
         route = config.route(route_name)
@@ -125,8 +130,13 @@ async def _token(config: configmod.Config, route_name: str, show: bool) -> int:
         known = ", ".join(r.name for r in config.routes)
         print(f"authproxy: no route {route_name!r}; routes: {known}", file=sys.stderr)
         return EXIT_CONFIG
-    store = open_store(config.token_store)
-    rt = RouteRuntime(route, clock=SystemClock(), metrics=Metrics(), store=store)
+    metrics = Metrics()
+    try:
+        store = open_store(config.token_store, metrics=metrics)
+    except StoreError as exc:
+        print(f"authproxy: token store: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    rt = RouteRuntime(route, clock=SystemClock(), metrics=metrics, store=store)
     try:
         if rt.manager is None:
             print(f"route {route_name} uses auth type {route.auth.type}: no token to obtain")
