@@ -1,0 +1,156 @@
+"""Graceful shutdown: ``authproxy serve`` as a real process, SIGTERM under load.
+
+The upstream answers slowly (~1 s). Mid-way through a batch of slow requests and
+a steady stream of fast ones, the process gets SIGTERM: readiness turns false,
+the listener closes (new connections are refused), every accepted request still
+gets its complete 200, and the process exits 0 well within ``shutdown_grace``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import serve_app
+
+BODY = b"0123456789" * 10_000  # 100 kB, so a cut answer would show
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def slow_upstream() -> AsyncIterator[str]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/slow"):
+            await asyncio.sleep(1.0)
+        return web.Response(body=BODY)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner, port = await serve_app(app)
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def wait_ready(
+    http: aiohttp.ClientSession, admin: str, proc: asyncio.subprocess.Process
+) -> None:
+    for _ in range(200):
+        assert proc.returncode is None, "authproxy exited at start"
+        try:
+            async with http.get(admin + "/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("authproxy did not become ready")
+
+
+async def test_sigterm_under_load_finishes_accepted_requests_and_exits_0(
+    tmp_path: Path, slow_upstream: str
+) -> None:
+    port, admin_port = free_port(), free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"""listen: 127.0.0.1:{port}
+admin_listen: 127.0.0.1:{admin_port}
+shutdown_grace: 6s
+routes:
+  up: {{prefix: /up/, upstream: {slow_upstream}/, auth: {{type: none}}}}
+"""
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(cfg),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    base, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    # A fresh connection per request: each one is either accepted or refused.
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        try:
+            await wait_ready(http, admin, proc)
+            completed: list[str] = []
+            refused: list[str] = []
+            stop_load = asyncio.Event()
+
+            async def one(path: str) -> None:
+                try:
+                    # POST: aiohttp's client silently retries an idempotent request
+                    # whose connection was cut, which would hide a cut as a refusal.
+                    async with http.post(base + path, data=b"x") as r:
+                        body = await r.read()
+                        # Headers came: the request was accepted and must be whole.
+                        assert r.status == 200 and body == BODY, (r.status, len(body))
+                        completed.append(path)
+                except aiohttp.ClientConnectorError as exc:
+                    refused.append(type(exc).__name__)
+
+            async def steady() -> None:
+                while not stop_load.is_set():
+                    await one("/up/fast")
+                    await asyncio.sleep(0.01)
+
+            load = [asyncio.create_task(steady()) for _ in range(3)]
+            slow = [asyncio.create_task(one(f"/up/slow/{i}")) for i in range(20)]
+            await asyncio.sleep(0.4)  # the slow ones are in flight upstream now
+            fast_before = len(completed)
+            assert fast_before > 5
+            proc.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+
+            # Readiness turns false while in-flight requests drain.
+            ready_seen: list[int] = []
+            for _ in range(20):
+                try:
+                    async with http.get(admin + "/readyz") as r:
+                        ready_seen.append(r.status)
+                        doc = await r.json()
+                        if r.status == 503:
+                            assert doc["ready"] is False and doc["draining"] is True
+                            break
+                except aiohttp.ClientError:
+                    break
+                await asyncio.sleep(0.02)
+            assert 503 in ready_seen
+
+            # The listener is closed: a new connection is refused while slow ones finish.
+            await asyncio.sleep(0.1)
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+            await asyncio.gather(*slow)
+            stop_load.set()
+            await asyncio.gather(*load)
+            code = await asyncio.wait_for(proc.wait(), timeout=8)
+            took = time.monotonic() - sent
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    assert code == 0, log
+    assert took < 6, f"exit took {took:.1f}s, past shutdown_grace"
+    # All 20 slow requests, accepted before SIGTERM, completed; the refused ones
+    # are the load that arrived after the listener closed.
+    assert sorted(p for p in completed if "slow" in p) == sorted(f"/up/slow/{i}" for i in range(20))
+    assert len(completed) >= fast_before + 20
+    assert refused and set(refused) == {"ClientConnectorError"}
+    assert "shutting down" in log and '"stopped"' in log
