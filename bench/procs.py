@@ -116,6 +116,12 @@ def _read_stat(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2 :].split()
 
 
+def alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie waiting for the bench to reap it."""
+    fields = _read_stat(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
 def tree_pids(root: int) -> list[int]:
     """``root`` and all its live descendants."""
     children: dict[int, list[int]] = {}

@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as `python bench/run.py`
 from bench.procs import (
     BenchError,
     Processes,
+    alive,
     cpu_seconds,
     find_tool,
     free_port,
@@ -179,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
+        # Cleanup is bounded (a few seconds): let a second Ctrl-C not cut it short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -237,7 +241,7 @@ def start_targets(
 
 def one_run(t: Target, conns: int, path: str, duration: int) -> tuple[WrkResult, float] | None:
     """One wrk run against ``t``; its result and the target's CPU us per request."""
-    if not Path(f"/proc/{t.pid}").exists():
+    if not alive(t.pid):
         t.failed = t.failed or "its process exited during the bench"
         return None
     cpu0 = cpu_seconds(t.pid)
@@ -245,6 +249,9 @@ def one_run(t: Target, conns: int, path: str, duration: int) -> tuple[WrkResult,
     # add its own CPU time to the latency measured.
     res, raw = run_wrk(t.base + path, conns, duration, t.rss_sampler() if conns > 1 else None)
     cpu = cpu_seconds(t.pid) - cpu0
+    if not alive(t.pid):
+        t.failed = "its process exited during the bench"
+        return None
     if res.non2xx or res.socket_errors:
         t.warnings.append(
             f"{path} @{conns}: {res.non2xx} non-2xx answers, {res.socket_errors} socket errors "
