@@ -4,9 +4,10 @@ Log calls pass structured fields with ``extra={...}``; the formatters print
 them. Secrets never reach a log call in the first place (tokens are masked in
 their reprs, paths are logged without their query, exceptions are logged by type
 and stack frames, never by message). As a second line of defence every
-formatted line is scrubbed: values that look like credentials (``Bearer ...``,
-``client_secret=...``) are masked, and so is every secret the config holds
-(:func:`remember_secrets`), should a provider ever echo one in an error message.
+string that goes into a line (message, fields, frames) is scrubbed: values that
+look like credentials (``Bearer ...``, ``client_secret=...``) are masked, and so
+is every secret the config holds (:func:`remember_secrets`), should a provider
+ever echo one in an error message.
 
 The access log is :func:`access`, one line per request, and costs nothing when
 ``authproxy.access`` is not enabled for INFO.
@@ -74,6 +75,19 @@ def remember_secrets(config: Any) -> None:
     _secrets = tuple(sorted(found.union(_secrets), key=len, reverse=True))
 
 
+def _scrub(value: Any) -> Any:
+    """``value`` with every string in it redacted (before encoding, so JSON stays valid)."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, int | float):
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub(v) for v in value]
+    return redact(str(value))
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
@@ -97,11 +111,13 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
-        doc.update(_fields(record))
-        doc.update(_exception(record))
-        return redact(json.dumps(doc, default=str))
+        for k, v in _fields(record).items():
+            doc[k] = _scrub(v)
+        for k, v in _exception(record).items():
+            doc[k] = redact(v)
+        return json.dumps(doc)
 
 
 class TextFormatter(logging.Formatter):

@@ -311,6 +311,14 @@ class TokenManager:
                 return self._set(replace(stored, how="store") if stored.how != "store" else stored)
             if stored is not None and (previous is None or _newer(stored, previous)):
                 previous = stored
+            log.debug(
+                "fetching a token",
+                extra={
+                    "route": self.route,
+                    "grant": self.source.grant,
+                    "previous": previous.how if previous else None,
+                },
+            )
             try:
                 tok = await asyncio.wait_for(
                     self.source.fetch(previous), timeout=self.token_timeout * 2.5
