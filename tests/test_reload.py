@@ -302,3 +302,54 @@ class _serve_app:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.runner.cleanup()
+
+
+async def test_sighup_reloads_a_serve_process(
+    tmp_path: Path, echo: Echo, http: aiohttp.ClientSession
+) -> None:
+    import signal
+    import socket
+    import sys
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+            return port
+
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "config.yaml"
+    head = f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nroutes:\n"
+    cfg.write_text(head + f"  a: {{prefix: /a/, upstream: {echo.url}/, auth: {{type: none}}}}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(cfg),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if (await call(http, "GET", url + "/a/x"))[0] == 200:
+                    break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+        # Write the new file and signal at once: whichever of SIGHUP and the
+        # watcher comes first reloads it, and the other finds nothing new.
+        cfg.write_text(
+            head + f"  b: {{prefix: /b/, upstream: {echo.url}/, auth: {{type: none}}}}\n"
+        )
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if (await call(http, "GET", url + "/b/x"))[0] == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert (await call(http, "GET", url + "/b/x"))[0] == 200
+        assert (await call(http, "GET", url + "/a/x"))[0] == 404
+        ok = await metric(http, f"http://127.0.0.1:{admin}", "authproxy_config_reloads_total",
+                          outcome="success")  # fmt: skip
+        assert ok >= 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=15)
+    assert proc.returncode == 0
+    assert b"reload requested (SIGHUP)" in stderr and b"config reloaded" in stderr
