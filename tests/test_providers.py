@@ -497,3 +497,37 @@ async def test_getpaid_rejects_form_and_wrong_audience(
     assert "wrong-secret" not in str(body)
     for f in (fake, fake2, fake3):
         assert_no_token(str(body), f)
+
+
+async def test_no_token_in_logs_metrics_or_errors(
+    fake_url: Any,
+    start_proxy: Any,
+    http: aiohttp.ClientSession,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Login, refresh, a 401 replay and a failed refresh, all logged at DEBUG:
+    no access or refresh token (nor the password) appears anywhere."""
+    caplog.set_level("DEBUG")
+    fake = B2B(clock=clock)
+    url = await fake_url(fake)
+    proxy = await start_proxy(b2b_yaml("preset", url), env={"PASSWORD": fake.password}, clock=clock)
+    assert (await call(http, "GET", proxy.url + "/b2b/products"))[0] == 200
+    clock.advance(3600)
+    assert (await call(http, "GET", proxy.url + "/b2b/products"))[0] == 200
+    fake.revoke_all(include_refresh=True)
+    assert (await call(http, "GET", proxy.url + "/b2b/products"))[0] == 200
+    fake.password = "changed"  # the next login fails: an error body to check too
+    fake.revoke_all(include_refresh=True)
+    status, body, _ = await call(http, "GET", proxy.url + "/b2b/products")
+    assert status == 502
+    async with http.get(proxy.admin_url + "/metrics") as r:
+        metrics_text = await r.text()
+    assert 'authproxy_token_requests_total{grant="login",outcome="success",route="b2b"} 3.0' in (
+        metrics_text
+    )
+    assert len(fake.issued) >= 6
+    assert "token" in caplog.text  # the token events were logged, and captured here
+    for text in (caplog.text, metrics_text, str(body)):
+        assert_no_token(text, fake)
+        assert B2B().password not in text
