@@ -156,7 +156,7 @@ def mounted_files(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, 
     for mount in container.get("volumeMounts", []):
         assert "subPath" not in mount, "subPath mounts never see ConfigMap/Secret updates"
         volume = volumes[mount["name"]]
-        sources = volume.get("projected", {}).get("sources", [])
+        sources = [*volume.get("projected", {}).get("sources", [])]
         sources += [{k: volume[k]} for k in ("configMap", "secret") if k in volume]
         for source in sources:
             for kind, src in source.items():
@@ -175,14 +175,18 @@ def config_text(docs: list[dict[str, Any]]) -> str:
     return by_id(docs)[("ConfigMap", "authproxy-config")]["data"]["config.yaml"]
 
 
-def run_check(cmd: list[str], text: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """`authproxy check` on a config, with fake files for its ${file:} secrets."""
+def run_check(
+    cmd: list[str], text: str, tmp_path: Path, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`authproxy check` on a config, with fake files for its ${file:} secrets.
+
+    PYTHONPATH is dropped, so that the image's venv runs what it installed."""
     secrets = tmp_path / "secrets"
     secrets.mkdir(exist_ok=True)
     for ref in FILE_REF.findall(text):
         assert ref.startswith(SECRETS_DIR), f"{ref}: secrets live under {SECRETS_DIR}"
         (secrets / ref[len(SECRETS_DIR) :]).write_text("fake-secret-value\n")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update({name: "fake-env-value" for name in ENV_REF.findall(text)})
     path = tmp_path / "config.yaml"
     path.write_text(text.replace(SECRETS_DIR, f"{secrets}/"))
@@ -191,7 +195,7 @@ def run_check(cmd: list[str], text: str, tmp_path: Path) -> subprocess.Completed
         capture_output=True,
         text=True,
         env=env,
-        cwd=tmp_path,
+        cwd=cwd or tmp_path,
         timeout=30,
     )
 
@@ -351,7 +355,9 @@ def test_secret_example_stays_out_of_every_kustomization() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_configmap_config_passes_authproxy_check(overlay: str, tmp_path: Path) -> None:
-    result = run_check([sys.executable, "-m", "proxy"], config_text(rendered(overlay)), tmp_path)
+    # `python -m proxy` from the checkout's root: this checkout's proxy/ is the one run.
+    cmd = [sys.executable, "-m", "proxy"]
+    result = run_check(cmd, config_text(rendered(overlay)), tmp_path, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -478,11 +484,21 @@ def copy_build_context(dst: Path) -> None:
         for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for path in REPO.rglob("*"):
-        rel = path.relative_to(REPO).as_posix()
-        if path.is_file() and not dockerignored(rel, patterns):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dst / rel)
+    reincluded = [p[1:].strip("/") for p in patterns if p.startswith("!")]
+    for top, dirs, files in os.walk(REPO):
+        rel_top = Path(top).relative_to(REPO).as_posix().removeprefix(".")
+        # Skip an ignored directory (.git, .venv) unless a `!` pattern reaches inside it.
+        dirs[:] = [
+            d
+            for d in dirs
+            if not dockerignored(f"{rel_top}/{d}".lstrip("/"), patterns)
+            or any(r.startswith(f"{rel_top}/{d}/".lstrip("/")) for r in reincluded)
+        ]
+        for name in files:
+            rel = f"{rel_top}/{name}".lstrip("/")
+            if not dockerignored(rel, patterns):
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, dst / rel)
 
 
 def free_port() -> int:
