@@ -173,7 +173,7 @@ def open_store(config: TokenStoreConfig, *, metrics: Metrics | None = None) -> T
 
         if not config.path:
             raise StoreError("token_store.path is required for a file store")
-        return FileStore(config.path, codec=codec, metrics=metrics, lock_wait=config.lock_lease)
+        return FileStore(config.path, codec=codec, metrics=metrics, lock_wait=2 * config.lock_lease)
     if config.type == "redis":
         from proxy.stores_redis import RedisStore
 

@@ -98,6 +98,15 @@ class ProxyProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def stop_all(procs: list[ProxyProcess]) -> None:
+    """SIGTERM to all first, then wait: they shut down side by side."""
+    for p in procs:
+        if p.proc is not None and p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.stop()
+
+
 async def start_all(procs: list[ProxyProcess]) -> None:
     for p in procs:
         p.start()

@@ -1,0 +1,280 @@
+"""The Redis token store against a real redis-server: replicas (real proxy
+processes) share one token and refresh it once per expiry; the lease lock; a
+Redis outage mid-run; no secret in logs or in the stored value."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+import proxy.stores_redis as stores_redis
+from proxy.config import TokenStoreConfig
+from proxy.stores import StoreError, TokenCodec, open_store
+from proxy.tokens import Token
+from tests.fakes import B2B, InvoiceNg, serve
+from tests.fakes.base import AccessToken, FakeProvider, json_response
+from tests.redis_fixture import RedisServer, redis, redis_server  # noqa: F401
+from tests.storekit import Load, ProxyProcess, start_all, stop_all
+
+FERNET_KEY = "x7OGRb9hM4IjhPvBeqIBKE95FsqTbIzc3kyrHufomU8="
+
+
+@pytest.fixture
+async def client(redis: RedisServer) -> AsyncIterator[Any]:  # noqa: F811
+    c = aioredis.Redis.from_url(redis.url)
+    yield c
+    await c.aclose()
+
+
+def redis_store(url: str, lease: str = "15s") -> str:
+    return f"""
+token_store:
+  type: redis
+  url: {url}
+  lock_lease: {lease}
+"""
+
+
+def invoice_ng_route(url: str) -> str:
+    return f"""
+  inv:
+    refresh_before: 2s
+    auth:
+      preset: invoice_ng
+      api_key: ${{env:KEY}}
+      base_url: {url}/v1/
+"""
+
+
+def b2b_route(url: str, username: str) -> str:
+    return f"""
+  b2b:
+    upstream: {url}/api/v1/
+    refresh_before: 2s
+    auth:
+      preset: b2b_jwt
+      username: {username}
+      password: ${{env:PASSWORD}}
+      base_url: {url}/
+"""
+
+
+def assert_one_token_request_per_window(fake: FakeProvider, min_gap: float) -> None:
+    """Every token request succeeded (a refresh token presented twice fails at these
+    fakes), there was one login, and no two token requests share an expiry window."""
+    log = fake.token_log
+    assert [r.status for r in log] == [200] * len(log), [(r.grant, r.status) for r in log]
+    assert fake.logins == 1
+    gaps = [b.time - a.time for a, b in zip(log, log[1:], strict=False)]
+    assert all(g >= min_gap for g in gaps), gaps
+
+
+# -- replicas --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+async def test_replicas_share_one_token_per_route_under_load(
+    replicas: int,
+    redis: RedisServer,  # noqa: F811
+    client: Any,
+    tmp_path: Path,
+) -> None:
+    # Invoice.ng invalidates a token the moment it is refreshed, and the B2B API
+    # rotates refresh tokens and revokes the whole family when a used one comes
+    # back: replicas that refreshed on their own would knock each other out.
+    inv, b2b = InvoiceNg(token_ttl=4), B2B(access_ttl=4)
+    problems: list[str] = []
+    seen: set[str] = set()
+
+    async def stored_before_use(request: web.Request, access: AccessToken) -> web.StreamResponse:
+        # The first request carrying a new B2B token: the store must hold that
+        # token (and the refresh token that came with it) or a later one already.
+        if access.token not in seen:
+            seen.add(access.token)
+            keys = await client.keys("authproxy:token:b2b:*")
+            raw = await client.get(keys[0]) if keys else None
+            stored = Token.from_dict(json.loads(raw)) if raw else None
+            record = b2b.access_tokens.get(stored.access_token) if stored else None
+            if record is None or record.issued_at < access.issued_at:
+                problems.append(f"B2B token {len(seen)} reached the API before it was stored")
+        return json_response({"ok": True})
+
+    b2b.api_handler = stored_before_use
+    async with serve(inv) as inv_url, serve(b2b) as b2b_url:
+        body = (
+            redis_store(redis.url)
+            + "routes:"
+            + invoice_ng_route(inv_url)
+            + b2b_route(b2b_url, b2b.username)
+        )
+        env = {"KEY": inv.api_key, "PASSWORD": b2b.password}
+        procs = [ProxyProcess(tmp_path, f"p{n}", body, env=env) for n in range(replicas)]
+        try:
+            await start_all(procs)
+            load = Load()
+            urls = [p.url + path for p in procs for path in ("/inv/invoices", "/b2b/products")]
+            await load.run(urls, seconds=8.0, clients=1)
+        finally:
+            stop_all(procs)
+        (key,) = await client.keys("authproxy:token:b2b:*")
+        stored = Token.from_dict(json.loads(await client.get(key)))
+    assert load.failures == [], load.failures[:5]
+    assert load.ok > 200
+    for fake in (inv, b2b):
+        assert fake.refreshes >= 3  # several expiries
+        # a new token every 1.5-2 s: two token requests closer than 1 s share a window
+        assert_one_token_request_per_window(fake, min_gap=1.0)
+    assert b2b.reuse_detections == 0
+    assert problems == [] and len(seen) >= 4
+    # the store holds the last rotation, which the provider still accepts
+    assert b2b.refresh_tokens[stored.refresh_token or ""].usable_at(b2b.now())
+
+
+async def test_redis_outage_mid_run_falls_back_to_memory_and_recovers(
+    redis: RedisServer,  # noqa: F811
+    client: Any,
+    tmp_path: Path,
+) -> None:
+    fake = InvoiceNg(token_ttl=4)
+    async with serve(fake) as url:
+        body = redis_store(redis.url) + "routes:" + invoice_ng_route(url)
+        procs = [ProxyProcess(tmp_path, f"o{n}", body, env={"KEY": fake.api_key}) for n in range(2)]
+        try:
+            await start_all(procs)
+            load = Load()
+
+            async def outage() -> None:
+                await asyncio.sleep(1.5)
+                await asyncio.to_thread(redis.stop)
+                await asyncio.sleep(3.5)
+                await asyncio.to_thread(redis.start)
+
+            await asyncio.gather(
+                load.run([p.url + "/inv/invoices" for p in procs], seconds=9.0, clients=1),
+                outage(),
+            )
+            metrics = [await p.metrics() for p in procs]
+            recovered = await client.keys("authproxy:token:*")
+        finally:
+            stop_all(procs)
+    assert load.failures == [], load.failures[:5]
+    errors = [_counter(m, "authproxy_token_store_errors_total") for m in metrics]
+    assert sum(errors) > 0, errors
+    for p in procs:
+        logs = p.logs()
+        # logged once per outage, and the recovery too
+        assert len(re.findall(r"token store redis at \S+ unreachable", logs)) <= 1
+        assert "reachable again" in logs or "unreachable" not in logs
+    assert any("unreachable" in p.logs() for p in procs)
+    assert recovered, "no token in Redis after it came back"
+    # after recovery the replicas share again: the last two refreshes are spaced
+    late = [r for r in fake.token_log if r.time > fake.token_log[-1].time - 3.0]
+    assert all(r.status == 200 for r in late)
+
+
+def _counter(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# -- the lock ----------------------------------------------------------------------------
+
+
+async def test_lease_is_renewed_while_held_and_released_only_by_its_owner(
+    redis: RedisServer,  # noqa: F811
+    client: Any,
+) -> None:
+    cfg = TokenStoreConfig(type="redis", url=redis.url, lock_lease=1.0)
+    a, b = open_store(cfg), open_store(cfg)
+    order: list[str] = []
+    try:
+
+        async def hold_a() -> None:
+            async with a.lock("inv:1"):
+                order.append("a in")
+                await asyncio.sleep(1.8)  # longer than the 1 s lease: renewed meanwhile
+                order.append("a out")
+
+        async def wait_b() -> None:
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            async with b.lock("inv:1"):
+                order.append(f"b in after {time.monotonic() - started:.1f}s")
+
+        await asyncio.gather(hold_a(), wait_b())
+        assert order[:2] == ["a in", "a out"]
+        # b waited for a's release (1.6 s), not for a lease that a let run out (0.8 s)
+        assert order[2] in ("b in after 1.5s", "b in after 1.6s", "b in after 1.7s"), order
+        # the lock is gone once released, and a foreign owner value is never deleted
+        assert await client.keys("authproxy:lock:*") == []
+        await client.set("authproxy:lock:inv:2", "someone-else", px=5000)
+        lk = stores_redis.Lock(client, "authproxy:lock:inv:2", timeout=1, thread_local=False)
+        lk.local.token = b"not-the-owner"
+        with pytest.raises(stores_redis.LockError):
+            await lk.release()
+        assert await client.get("authproxy:lock:inv:2") == b"someone-else"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_encrypted_value_in_redis_does_not_contain_the_token(
+    redis: RedisServer,  # noqa: F811
+    client: Any,
+) -> None:
+    cfg = TokenStoreConfig(type="redis", url=redis.url, encryption_key=FERNET_KEY)
+    store = open_store(cfg)
+    try:
+        await store.save("inv:1", Token("access-abc", refresh_token="refresh-xyz"))
+        raw = await client.get("authproxy:token:inv:1")
+        assert b"access-abc" not in raw and b"refresh-xyz" not in raw
+        assert TokenCodec(FERNET_KEY).decode(raw, "x").refresh_token == "refresh-xyz"
+        again = open_store(cfg)
+        assert (await again.load("inv:1")) == Token("access-abc", refresh_token="refresh-xyz")
+        await again.close()
+    finally:
+        await store.close()
+
+
+async def test_unreachable_redis_from_the_start_serves_from_memory_without_leaking_the_url(
+    redis: RedisServer,  # noqa: F811
+    start_proxy: Any,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A password Redis does not expect: every call fails (as with a wrong password).
+    url = f"redis://authproxy:s3cret-redis-pw@127.0.0.1:{redis.port}/0"
+    fake = InvoiceNg()
+    caplog.set_level(logging.INFO)
+    async with serve(fake) as base:
+        proxy = await start_proxy(
+            redis_store(url) + "routes:" + invoice_ng_route(base), env={"KEY": fake.api_key}
+        )
+        for _ in range(3):
+            async with http.get(proxy.url + "/inv/x") as r:
+                assert r.status == 200
+        text = proxy.metrics.render().decode()
+    assert fake.token_requests == 1
+    assert _counter(text, "authproxy_token_store_errors_total") > 0
+    assert "s3cret-redis-pw" not in caplog.text
+    assert f"127.0.0.1:{redis.port}/0 unreachable" in caplog.text
+
+
+def test_missing_redis_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stores_redis, "aioredis", None)
+    with pytest.raises(StoreError, match=r"pip install 'authproxy\[redis\]'"):
+        open_store(TokenStoreConfig(type="redis", url="redis://127.0.0.1:1/0"))
