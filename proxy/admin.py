@@ -70,6 +70,8 @@ def route_states(proxy: Proxy) -> dict[str, dict[str, Any]]:
             last_refresh=m.last_refresh,
             last_error=error,
         )
+        if m.needs_consent:
+            state["needs_consent"] = True
         out[name] = state
     return out
 

@@ -214,6 +214,11 @@ class TokenManager:
     def last_error(self) -> str | None:
         return self._failure.error.message if self._failure else None
 
+    @property
+    def needs_consent(self) -> bool:
+        """No refresh token in config or store: ``authproxy authorize`` must run."""
+        return self._failure is not None and isinstance(self._failure.error, NeedsConsent)
+
     def refresh_at(self, tok: Token) -> float | None:
         """When a background refresh starts: ``refresh_before`` ahead, at most half
         the token's lifetime ahead, so that short-lived tokens are still used."""

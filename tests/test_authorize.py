@@ -249,6 +249,7 @@ async def test_route_without_refresh_token_is_not_ready_until_authorized(
         assert r.status == 503
     assert ready["routes"]["invd"]["ready"] is False
     assert "authproxy authorize invd" in ready["routes"]["invd"]["last_error"]
+    assert ready["routes"]["invd"]["needs_consent"] is True
     # not retried in a loop: nothing reached the provider
     assert invoiced.fake.token_requests == 0
 
