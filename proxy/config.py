@@ -712,6 +712,8 @@ def _parse_route(
 ) -> RouteConfig | None:
     d = p.section(data, path, ROUTE_KEYS)
     if not isinstance(data, dict):
+        if data is None:  # `api:` with nothing under it must not silently drop the route
+            p.error(path, "is empty: a route needs at least upstream and auth")
         return None
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         p.error(path, "route names may use only letters, digits, '_', '-' and '.'")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from proxy.errors import BadRequest, NoRoute
 
@@ -62,20 +62,22 @@ def check_rest(rest: str) -> None:
     """Refuse a path remainder that could climb out of its prefix when normalised."""
     if not rest:
         return
-    decoded = rest
-    # Decode until stable, so that double encoding cannot smuggle a '..' through an
-    # upstream that decodes twice.
-    for _ in range(3):
-        step = unquote(decoded, errors="strict") if "%" in decoded else decoded
+    # Work on bytes: a percent-escape need not be UTF-8 (``%e9``), and such a path is
+    # the upstream's business, not an error of ours.
+    decoded = rest.encode("utf-8", "surrogatepass")
+    # Decode until stable (each step shortens the path), so that no depth of encoding
+    # can smuggle a '..' through an upstream that decodes more than once.
+    while b"%" in decoded:
+        step = unquote_to_bytes(decoded)
         if step == decoded:
             break
         decoded = step
-    if "\x00" in decoded:
+    if b"\x00" in decoded:
         raise BadRequest("the path contains a NUL byte")
-    for segment in decoded.replace("\\", "/").split("/"):
-        if segment in ("..", "."):
+    for segment in decoded.replace(b"\\", b"/").split(b"/"):
+        if segment in (b"..", b"."):
             raise BadRequest("the path leaves its route prefix ('.' or '..' segment)")
-    if decoded.startswith("/"):
+    if decoded.startswith(b"/"):
         raise BadRequest("the path leaves its route prefix (empty segment after prefix)")
 
 
