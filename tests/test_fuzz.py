@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy import config as configmod
@@ -212,6 +212,8 @@ def target_bytes(text: str) -> bytes:
 
 
 @SETTINGS
+@example(prefix="/api/", path="%e9", query=None)  # was a 500: not UTF-8
+@example(prefix="/api/", path="", query="")
 @given(prefix=st.sampled_from(["/api/", "/api/deep/", "/api", "/", "/nope/", ""]), path=paths,
        query=queries)  # fmt: skip
 def test_request_targets(rig: Rig, prefix: str, path: str, query: str | None) -> None:
@@ -231,6 +233,18 @@ def test_request_targets(rig: Rig, prefix: str, path: str, query: str | None) ->
         expect = base + rest + (sep + q if q else "")
         # an empty query ("?" alone) may be dropped by the upstream client; nothing else
         assert got.removesuffix("?") == target_bytes(expect).decode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "rest",
+    ["..", "%2e%2e", "%252e%252e", "%25252e%25252e", "%2525252e%2525252e", "a/..%5c..",
+     "a%2f..", "..%00", "%2fetc", "a\\..\\b"],
+)  # fmt: skip
+def test_escapes_at_any_encoding_depth_are_refused(rig: Rig, rest: str) -> None:
+    raw = f"GET /api/{rest}/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode()
+    [answer] = send(rig, raw)
+    assert (answer.status, answer.error_code) == (400, "bad_request")
+    assert rig.upstream.heads == []
 
 
 # -- headers ------------------------------------------------------------------------------
