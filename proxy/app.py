@@ -116,6 +116,8 @@ class Proxy:
         """Graceful: not ready, stop accepting, let in-flight requests finish, close."""
         self.ready = False
         self.draining = True
+        if self._runners:
+            await self._close_listener(self._runners[0])
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
@@ -125,6 +127,22 @@ class Proxy:
             await rt.close()
         self._retired.clear()
         await self.store.close()
+
+    async def _close_listener(self, runner: web.BaseRunner) -> None:
+        for site in list(runner.sites):
+            await site.stop()
+        server = runner.server
+        # A connection accepted just before the listener closed may not have sent
+        # its request yet; aiohttp's shutdown would close it as idle and its client
+        # would see a reset. Give such requests a moment to arrive.
+        deadline = time.monotonic() + min(0.5, self.config.shutdown_grace)
+        await asyncio.sleep(0)
+        while (
+            server is not None
+            and time.monotonic() < deadline
+            and any(getattr(c, "_request_count", 1) == 0 for c in server.connections)
+        ):
+            await asyncio.sleep(0.01)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -89,8 +89,10 @@ routes:
             completed: list[str] = []
             refused: list[str] = []
             stop_load = asyncio.Event()
+            sent = float("inf")
 
             async def one(path: str) -> None:
+                began = time.monotonic()
                 try:
                     # POST: aiohttp's client silently retries an idempotent request
                     # whose connection was cut, which would hide a cut as a refusal.
@@ -100,6 +102,13 @@ routes:
                         assert r.status == 200 and body == BODY, (r.status, len(body))
                         completed.append(path)
                 except aiohttp.ClientConnectorError as exc:
+                    refused.append(type(exc).__name__)
+                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                    # Reset before any answer: only a connection that raced the
+                    # closing listener (still queued in the kernel) may see this;
+                    # one opened well before SIGTERM was accepted and must complete.
+                    if began < sent - 0.2:
+                        raise
                     refused.append(type(exc).__name__)
 
             async def steady() -> None:
@@ -112,8 +121,8 @@ routes:
             await asyncio.sleep(0.4)  # the slow ones are in flight upstream now
             fast_before = len(completed)
             assert fast_before > 5
-            proc.send_signal(signal.SIGTERM)
             sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
 
             # Readiness turns false while in-flight requests drain.
             ready_seen: list[int] = []
@@ -152,5 +161,5 @@ routes:
     # are the load that arrived after the listener closed.
     assert sorted(p for p in completed if "slow" in p) == sorted(f"/up/slow/{i}" for i in range(20))
     assert len(completed) >= fast_before + 20
-    assert refused and set(refused) == {"ClientConnectorError"}
+    assert "ClientConnectorError" in refused
     assert "shutting down" in log and '"stopped"' in log
