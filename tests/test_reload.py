@@ -353,3 +353,33 @@ async def test_sighup_reloads_a_serve_process(
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout=15)
     assert proc.returncode == 0
     assert b"reload requested (SIGHUP)" in stderr and b"config reloaded" in stderr
+
+
+async def test_route_with_only_a_timeout_changed_keeps_its_token(
+    tmp_path: Path, running: Any, http: aiohttp.ClientSession
+) -> None:
+    gp = GetPaid()
+    async with serve(gp) as gp_url:
+        cfg = tmp_path / "config.yaml"
+        text = (
+            HEAD
+            + f"""routes:
+  gp:
+    upstream: {gp_url}/
+    timeout: 30s
+    auth:
+      preset: getpaid
+      client_id: {gp.client_id}
+      client_secret: {gp.client_secret}
+      token_url: {gp_url}/oauth/token
+"""
+        )
+        cfg.write_text(text)
+        proxy, reloader = await running(cfg)
+        assert (await call(http, "GET", proxy.url + "/gp/a"))[0] == 200
+        before = proxy.routes["gp"]
+        cfg.write_text(text.replace("timeout: 30s", "timeout: 45s"))
+        assert await reloader.reload() is True
+        assert proxy.routes["gp"] is not before and proxy.routes["gp"].config.timeout == 45
+        assert (await call(http, "GET", proxy.url + "/gp/b"))[0] == 200
+        assert gp.token_requests == 1  # the new runtime found the token in the store
