@@ -472,6 +472,24 @@ def _as_bool(v: Any) -> bool:
     return v
 
 
+def _header_name(v: Any) -> str:
+    text = _as_str(v)
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", text):
+        raise ValueError(f"{text!r} is not a valid header name")
+    return text
+
+
+def _header_value(v: Any) -> Secret:
+    text = _as_str(v)
+    if any(c in text for c in "\r\n\x00"):
+        raise ValueError("must not contain line breaks")  # never echo the value: a secret
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("must be Latin-1 text to go in a header") from None
+    return Secret(text)
+
+
 def _positive_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"must be a whole number of 1 or more, got {v!r}")
@@ -616,8 +634,8 @@ def _parse_auth(p: _Parser, data: Any, path: str) -> tuple[AuthConfig | None, st
         d = p.section(data, path, {"type", "header", "value"})
         return (
             StaticAuth(
-                header=p.string(d, "header", path, "Authorization"),
-                value=p.value(d, "value", path, lambda v: Secret(_as_str(v)), _MISSING) or "",
+                header=p.value(d, "header", path, _header_name, "Authorization"),
+                value=p.value(d, "value", path, _header_value, _MISSING) or "",
             ),
             None,
             None,
@@ -740,7 +758,7 @@ def _parse_route(
 
     ind = p.section(d.get("inject"), f"{path}.inject", {"header", "format"})
     inject = InjectConfig(
-        header=p.string(ind, "header", f"{path}.inject", "Authorization"),
+        header=p.value(ind, "header", f"{path}.inject", _header_name, "Authorization"),
         format=p.string(ind, "format", f"{path}.inject", "Bearer {access_token}"),
     )
     if "{access_token}" not in inject.format:

@@ -4,12 +4,16 @@ Bodies stream both ways and are never decompressed or re-encoded. A request
 body is buffered only when a 401 could need it replayed (up to
 ``max_replay_body``); larger bodies stream and their 401 goes to the client.
 Only a 401 is ever replayed: any other failure reaches the upstream at most once.
+
+The upstream request head is written as bytes straight from the client's raw
+headers (see :mod:`proxy.upstream` for why the hot path does not use aiohttp's
+client): per request the proxy only filters names and appends its own headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,94 +21,112 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, istr
-from yarl import URL
 
 from proxy.errors import BodyTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable
 from proxy.logs import Exchange
 from proxy.route import RouteRuntime
 from proxy.routing import Match, join_upstream
 from proxy.tokens import Token
+from proxy.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("authproxy.forward")
 
-# Header names are compared lowercased: istr equality is case-sensitive, so a
-# client's "host" or "x-authproxy-token" would otherwise slip past these sets.
 HOP_BY_HOP = frozenset(
-    h.lower()
+    h.lower().encode()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
         "Trailer", "Trailers", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
     )
 )  # fmt: skip
-#: never forwarded upstream, whatever the route: the proxy's own or recomputed
+#: never copied from the client: hop-by-hop, the proxy's own, or recomputed below
 REQUEST_DROP = HOP_BY_HOP | {
-    "host", "expect", "x-authproxy-token",
-    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    b"host", b"expect", b"x-authproxy-token", b"content-length", b"x-request-id",
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
 }  # fmt: skip
-AUTHORIZATION = istr("Authorization")
 CONNECTION = istr("Connection")
 X_REQUEST_ID = istr("X-Request-Id")
-X_FORWARDED_FOR = istr("X-Forwarded-For")
-X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
-X_FORWARDED_HOST = istr("X-Forwarded-Host")
-CONTENT_LENGTH = istr("Content-Length")
 
 #: a 401 answer smaller than this is read, so its connection can be reused
 _DRAIN_LIMIT = 64 * 1024
-_CHUNK = 64 * 1024
 
 
-def _connection_listed(headers: Any) -> frozenset[str]:
-    """Header names (lowercased) a ``Connection`` header marks as hop-by-hop."""
-    values = headers.getall(CONNECTION, ())
-    if not values:
-        return frozenset()
-    return frozenset(n.strip().lower() for v in values for n in v.split(",") if n.strip())
+def _listed(values: list[str] | list[bytes]) -> frozenset[bytes]:
+    """Header names (lowercased) that ``Connection`` headers mark as hop-by-hop."""
+    names: set[bytes] = set()
+    for v in values:
+        raw = v.encode("latin-1") if isinstance(v, str) else v
+        names.update(n.strip().lower() for n in raw.split(b",") if n.strip())
+    return frozenset(names)
 
 
-def upstream_headers(
-    request: web.BaseRequest, route: RouteRuntime, request_id: str | None = None
-) -> CIMultiDict[str]:
-    """The client's headers as the upstream should see them, without credentials."""
-    src = request.headers
-    drop = REQUEST_DROP | _connection_listed(src) if CONNECTION in src else REQUEST_DROP
-    keep_auth = route.config.pass_client_authorization
-    injected = route.header.lower() if route.header is not None else None
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in src.items():
+def request_head(
+    request: web.BaseRequest,
+    route: RouteRuntime,
+    target: str,
+    request_id: str,
+    auth_line: bytes | None,
+    framing: bytes,
+) -> bytes:
+    """The request line and headers for the upstream, as bytes.
+
+    The client's headers are copied in order, without hop-by-hop ones (and those
+    its ``Connection`` names), without its credentials unless the route passes
+    them, and without the header the route injects. ``framing`` is the
+    Content-Length or Transfer-Encoding line for the body actually sent.
+    """
+    headers = request.headers
+    drop = REQUEST_DROP
+    if CONNECTION in headers:
+        drop = drop | _listed(headers.getall(CONNECTION))
+    skip_auth = not route.config.pass_client_authorization
+    injected = route.header_key
+    out = [
+        request.method.encode(), b" ", target.encode("utf-8", "surrogateescape"),
+        b" HTTP/1.1\r\nHost: ", route.host_header, b"\r\n",
+    ]  # fmt: skip
+    prior_xff = host = b""
+    for name, value in request.raw_headers:
         key = name.lower()
         if key in drop:
+            if key == b"x-forwarded-for":
+                prior_xff = value
+            elif key == b"host":
+                host = value
             continue
-        if key == "authorization" and not keep_auth:
+        if key == b"authorization" and skip_auth:
             continue
-        if key == injected and not (keep_auth and key == "authorization"):
+        if key == injected and (skip_auth or key != b"authorization"):
             continue
-        out.add(name, value)
-    peer = request.remote or ""
-    prior = src.get(X_FORWARDED_FOR)
+        out += (name, b": ", value, b"\r\n")
+    peer = request.remote
     if peer:
-        out[X_FORWARDED_FOR] = f"{prior}, {peer}" if prior else peer
-    elif prior:
-        out[X_FORWARDED_FOR] = prior
-    out[X_FORWARDED_PROTO] = request.scheme
-    host = src.get("Host")
+        xff = prior_xff + b", " + peer.encode() if prior_xff else peer.encode()
+        out += (b"X-Forwarded-For: ", xff, b"\r\n")
+    elif prior_xff:
+        out += (b"X-Forwarded-For: ", prior_xff, b"\r\n")
+    out.append(b"X-Forwarded-Proto: http\r\n")
     if host:
-        out[X_FORWARDED_HOST] = host
-    if X_REQUEST_ID not in out:
-        out[X_REQUEST_ID] = request_id or os.urandom(8).hex()
-    return out
+        out += (b"X-Forwarded-Host: ", host, b"\r\n")
+    out += (b"X-Request-Id: ", request_id.encode("latin-1", "replace"), b"\r\n")
+    if auth_line is not None:
+        out.append(auth_line)
+    out += (framing, b"\r\n")
+    return b"".join(out)
 
 
-def response_headers(resp: aiohttp.ClientResponse) -> CIMultiDict[str]:
+def response_headers(resp: UpstreamResponse) -> CIMultiDict[str]:
     """The upstream's headers as the client should see them (duplicates kept)."""
-    listed = _connection_listed(resp.headers) if CONNECTION in resp.headers else frozenset()
+    raw = resp.headers
+    listed: frozenset[bytes] = frozenset()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            listed = listed | _listed([value])
     out: CIMultiDict[str] = CIMultiDict()
-    for raw_name, raw_value in resp.raw_headers:
-        name = raw_name.decode("latin-1")
+    for name, value in raw:
         key = name.lower()
         if key in HOP_BY_HOP or key in listed:
             continue
-        out.add(name, raw_value.decode("latin-1"))
+        out.add(name.decode("latin-1"), value.decode("latin-1"))
     return out
 
 
@@ -146,15 +168,14 @@ async def _read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def _release(resp: aiohttp.ClientResponse) -> None:
-    """Discard an answer we will not pass on, keeping its connection when cheap."""
-    length = resp.content_length
-    if length is not None and length <= _DRAIN_LIMIT:
-        try:
-            await resp.read()
-        except (TimeoutError, aiohttp.ClientError):
-            pass
-    resp.release() if length is not None and length <= _DRAIN_LIMIT else resp.close()
+async def _discard(resp: UpstreamResponse) -> None:
+    """Drop an answer we will not pass on, keeping its connection when cheap."""
+    try:
+        await resp.read_all(_DRAIN_LIMIT)
+    except UpstreamError:
+        resp.close()
+        return
+    resp.release()
 
 
 async def forward(
@@ -169,14 +190,14 @@ async def forward(
     length = request.content_length
     if length is not None and length > config.max_body:
         raise BodyTooLarge(f"the request body is larger than {config.max_body} bytes")
-    headers = upstream_headers(request, route, ex.request_id if ex is not None else None)
-    url = URL(route.origin + join_upstream(route.base_path, match.rest, match.query), encoded=True)
+    target = join_upstream(route.base_path, match.rest, match.query)
     manager = route.manager
+    if ex is None:
+        ex = Exchange(request.headers.get(X_REQUEST_ID) or "")
 
     # The body: buffered when a 401 replay may need it, streamed otherwise.
     body: bytes | AsyncIterator[bytes] | None = None
     streamed: _Body | None = None
-    replayable = True
     if request.body_exists:
         may_replay = manager is not None and config.retry_on_401
         if may_replay and length is not None and length <= config.max_replay_body:
@@ -193,112 +214,153 @@ async def forward(
             streamed = _Body(request.content, b"", config.max_body)
         if streamed is not None:
             body = streamed.chunks()
-            replayable = False
+    if isinstance(body, bytes):
+        framing = b"Content-Length: %d\r\n" % len(body)
+    elif streamed is not None:
+        framing = (
+            b"Content-Length: %d\r\n" % length
+            if length is not None
+            else b"Transfer-Encoding: chunked\r\n"
+        )
+    else:
+        # No body. Keep an explicit "Content-Length: 0" (a POST may need it).
+        framing = b"Content-Length: 0\r\n" if length == 0 else b""
 
     token: Token | None = None
+    auth_line = route.static_line
     if manager is not None:
         cached = manager.token
         token = await manager.get()
-        if ex is not None and token is not cached:
+        if token is not cached:
             ex.token_fetched = True
-        headers[route.header] = route.auth_value(token.access_token)  # type: ignore[index]
-    elif route.static_value is not None:
-        headers[route.header] = route.static_value  # type: ignore[index]
+        auth_line = route.auth_line(token)
 
-    resp = await _send(request, route, url, headers, body, streamed, ex)
-    if resp.status == 401 and token is not None and manager is not None and config.retry_on_401:
-        manager.invalidate(token)
-        if not replayable:
-            route.count_retry("not_replayable")
-        else:
-            await _release(resp)
-            try:
-                token = await manager.get()
-            except ProxyError:
-                route.count_retry("failed")
-                raise
-            headers[route.header] = route.auth_value(token.access_token)  # type: ignore[index]
-            resp = await _send(request, route, url, headers, body, None, ex)
-            route.count_retry("failed" if resp.status == 401 else "replayed")
-            if ex is not None:
-                ex.replayed = True
-    if ex is not None:
-        ex.bytes_in = len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
-    return await _stream_back(request, route, resp, ex)
+    timeout = asyncio.timeout(config.timeout)
+    out: web.StreamResponse | None = None
+    try:
+        async with timeout:
+            head = request_head(request, route, target, ex.request_id, auth_line, framing)
+            resp = await _send(request, route, head, body, streamed, ex)
+            if resp.status == 401 and token is not None and manager is not None:
+                if config.retry_on_401:
+                    resp = await _replay_401(
+                        request, route, token, resp, body, streamed, ex, target, framing
+                    )
+                    token = None
+            ex.bytes_in = (
+                len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
+            )
+            out = web.StreamResponse(
+                status=resp.status, reason=resp.reason, headers=response_headers(resp)
+            )
+            return await _stream_back(request, route, resp, out, ex)
+    except TimeoutError:
+        if out is not None and out.prepared:
+            _cut(request, route, "the whole exchange took longer than the route's timeout")
+            return out
+        raise UpstreamTimeout(
+            f"upstream did not answer within {config.timeout:g}s", route=route.name
+        ) from None
+
+
+async def _replay_401(
+    request: web.BaseRequest,
+    route: RouteRuntime,
+    token: Token,
+    resp: UpstreamResponse,
+    body: bytes | AsyncIterator[bytes] | None,
+    streamed: _Body | None,
+    ex: Exchange,
+    target: str,
+    framing: bytes,
+) -> UpstreamResponse:
+    """The upstream refused ``token``: drop it, and replay once if the body allows."""
+    manager = route.manager
+    assert manager is not None
+    manager.invalidate(token)
+    if streamed is not None:
+        route.count_retry("not_replayable")
+        return resp
+    await _discard(resp)
+    try:
+        fresh = await manager.get()
+    except ProxyError:
+        route.count_retry("failed")
+        raise
+    head = request_head(request, route, target, ex.request_id, route.auth_line(fresh), framing)
+    again = await _send(request, route, head, body, None, ex)
+    route.count_retry("failed" if again.status == 401 else "replayed")
+    ex.replayed = True
+    return again
 
 
 async def _send(
     request: web.BaseRequest,
     route: RouteRuntime,
-    url: URL,
-    headers: CIMultiDict[str],
+    head: bytes,
     body: bytes | AsyncIterator[bytes] | None,
     streamed: _Body | None,
-    ex: Exchange | None = None,
-) -> aiohttp.ClientResponse:
+    ex: Exchange,
+) -> UpstreamResponse:
     started = time.perf_counter()
     try:
-        resp = await route.session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            compress=False,
+        resp = await route.pool.request(
+            request.method, head, body, chunked=streamed is not None and b"chunked" in head
         )
     except BodyTooLarge:
         raise
-    except TimeoutError as exc:
-        raise UpstreamTimeout(
-            f"upstream did not answer within {route.config.timeout:g}s", route=route.name
-        ) from exc
-    except aiohttp.ClientError as exc:
+    except UpstreamError as exc:
         if streamed is not None and streamed.too_large:
             raise BodyTooLarge(
                 f"the request body is larger than {streamed.limit} bytes", route=route.name
             ) from exc
-        raise UpstreamUnavailable(
-            f"upstream connection failed ({type(exc).__name__})", route=route.name
-        ) from exc
+        if exc.timeout:
+            raise UpstreamTimeout(str(exc), route=route.name) from exc
+        raise UpstreamUnavailable(str(exc), route=route.name) from exc
     elapsed = time.perf_counter() - started
     route.m_upstream.observe(elapsed)
-    if ex is not None:
-        ex.upstream_s += elapsed
+    ex.upstream_s += elapsed
     return resp
+
+
+def _cut(request: web.BaseRequest, route: RouteRuntime, why: str) -> None:
+    """Headers are gone already: the only honest signal left is to cut the
+    connection, so the client sees a truncated answer, never a complete one."""
+    log.warning("stream aborted mid-answer: %s", why, extra={"route": route.name})
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
 
 
 async def _stream_back(
     request: web.BaseRequest,
     route: RouteRuntime,
-    resp: aiohttp.ClientResponse,
-    ex: Exchange | None = None,
+    resp: UpstreamResponse,
+    out: web.StreamResponse,
+    ex: Exchange,
 ) -> web.StreamResponse:
-    # All of the upstream's headers, duplicates (Set-Cookie) included.
-    out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=response_headers(resp))
     try:
         await out.prepare(request)
         if request.method != "HEAD":
-            content = resp.content
             while True:
-                chunk = await content.readany()
+                chunk = await resp.read()
                 if not chunk:
                     break
-                if ex is not None:
-                    ex.bytes_out += len(chunk)
+                ex.bytes_out += len(chunk)
                 await out.write(chunk)
         await out.write_eof()
-    except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-        # Headers are gone already: the only honest signal left is to cut the
-        # connection, so the client sees a truncated answer, never a complete one.
-        log.warning(
-            "stream aborted mid-answer: %s", type(exc).__name__, extra={"route": route.name}
-        )
+    except UpstreamError as exc:
         resp.close()
-        transport = request.transport
-        if transport is not None:
-            transport.close()
+        _cut(request, route, str(exc))
         out.force_close()
         return out
-    finally:
-        resp.release()
+    except ConnectionError:
+        # The client went away: nothing to tell it; free the upstream connection.
+        resp.close()
+        out.force_close()
+        return out
+    except BaseException:
+        resp.close()
+        raise
+    resp.release()
     return out

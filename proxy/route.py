@@ -21,8 +21,10 @@ from yarl import URL
 
 from proxy.clock import Clock
 from proxy.config import RouteConfig, StaticAuth, TLSConfig
+from proxy.errors import TokenUnavailable
 from proxy.flows import build_source
-from proxy.tokens import TokenManager
+from proxy.tokens import Token, TokenManager
+from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter, Gauge, Histogram
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("authproxy.route")
 
 
-def ssl_context(route: RouteConfig) -> ssl.SSLContext | bool:
+def ssl_context(route: RouteConfig) -> ssl.SSLContext:
     """The TLS settings for the route's upstream and token endpoint."""
     tls = route.tls
     if not tls.verify:
@@ -50,6 +52,13 @@ def ssl_context(route: RouteConfig) -> ssl.SSLContext | bool:
 
 def _no_password() -> bytes:
     return b""
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """``Name: value\r\n``; refuses values that could split the header."""
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError("header value contains a line break")
+    return f"{name}: {value}\r\n".encode("latin-1")
 
 
 def auth_fingerprint(route: RouteConfig) -> str:
@@ -97,28 +106,29 @@ class RouteRuntime:
                 config.name,
                 extra={"route": config.name},
             )
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=limit_per_host, ssl=ctx if ctx is not None else True,
-            ttl_dns_cache=60, keepalive_timeout=30,
-        )  # fmt: skip
-        # One pooled keep-alive session per upstream. No cookie jar, no decompression,
-        # and no headers of aiohttp's own: what the client sent is what goes upstream.
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            trust_env=False,
-            timeout=self.timeout,
+        # One pool of keep-alive connections per upstream (see proxy.upstream).
+        self.pool = UpstreamPool(
+            up.host or "",
+            up.port or (443 if up.scheme == "https" else 80),
+            ssl_context=ctx if up.scheme == "https" else None,
+            connect_timeout=config.connect_timeout,
         )
+        self.host_header = (up.raw_authority or up.raw_host or "").encode("idna")
         self.header: istr | None = None
+        #: the injected header's name, lowercased, for filtering the client's copy
+        self.header_key: bytes | None = None
         self.static_value: str | None = None
+        #: the static header line, ready to send (static auth only)
+        self.static_line: bytes | None = None
+        self._auth_cache: tuple[str, bytes] | None = None
         self.inject_format = config.inject.format
         self.manager: TokenManager | None = None
         self.token_session: aiohttp.ClientSession | None = None
         if isinstance(config.auth, StaticAuth):
             self.header = istr(config.auth.header)
             self.static_value = config.auth.value
+            self.static_line = _header_line(config.auth.header, config.auth.value)
+            self.header_key = config.auth.header.lower().encode("latin-1")
         else:
             token_timeout = aiohttp.ClientTimeout(
                 total=config.token_timeout,
@@ -133,6 +143,7 @@ class RouteRuntime:
             source = build_source(config, self.token_session, clock)
             if source is not None:
                 self.header = istr(config.inject.header)
+                self.header_key = config.inject.header.lower().encode("latin-1")
                 self.manager = TokenManager(
                     config.name,
                     source,
@@ -168,9 +179,26 @@ class RouteRuntime:
     def auth_value(self, access_token: str) -> str:
         return self.inject_format.replace("{access_token}", access_token)
 
+    def auth_line(self, token: Token) -> bytes:
+        """The injected header line for ``token``, built once per token."""
+        cached = self._auth_cache
+        if cached is not None and cached[0] is token.access_token:
+            return cached[1]
+        assert self.header is not None
+        try:
+            line = _header_line(self.header, self.auth_value(token.access_token))
+        except ValueError:
+            raise TokenUnavailable(
+                "the provider's token cannot be sent in a header (control or non-Latin-1 "
+                "characters)",
+                route=self.name,
+            ) from None
+        self._auth_cache = (token.access_token, line)
+        return line
+
     async def close(self) -> None:
         if self.manager is not None:
             self.manager.close()
-        await self.session.close()
+        self.pool.close()
         if self.token_session is not None:
             await self.token_session.close()

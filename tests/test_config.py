@@ -29,7 +29,15 @@ routes:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("60s", 60), ("5m", 300), ("1h", 3600), ("2d", 172800), (30, 30), ("1.5s", 1.5)],
+    [
+        ("500ms", 0.5),
+        ("60s", 60),
+        ("5m", 300),
+        ("1h", 3600),
+        ("2d", 172800),
+        (30, 30),
+        ("1.5s", 1.5),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     assert c.parse_duration(text) == seconds
@@ -37,7 +45,13 @@ def test_durations(text: object, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("64KiB", 65536), ("1MiB", 1048576), ("100MB", 100_000_000), ("2GiB", 2 * 1024**3), (512, 512)],
+    [
+        ("64KiB", 65536),
+        ("1MiB", 1048576),
+        ("100MB", 100_000_000),
+        ("2GiB", 2 * 1024**3),
+        (512, 512),
+    ],
 )
 def test_sizes(text: object, size: int) -> None:
     assert c.parse_size(text) == size
