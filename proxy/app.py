@@ -266,12 +266,10 @@ class Proxy:
                     retry_after=1,
                 )
             route.inflight += 1
-            route.m_inflight.inc()
             try:
                 resp = await forward(request, route, match, ex)
             finally:
                 route.inflight -= 1
-                route.m_inflight.dec()
         except ProxyError as err:
             if err.route is None and route is not None:
                 err.route = route.name

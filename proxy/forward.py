@@ -114,20 +114,43 @@ def request_head(
     return b"".join(out)
 
 
+#: parsed ``Connection`` values; upstreams send the same few ("keep-alive", "close")
+_CONNECTION_VALUES: dict[bytes, frozenset[bytes]] = {}
+
+
 def response_headers(resp: UpstreamResponse) -> CIMultiDict[str]:
     """The upstream's headers as the client should see them (duplicates kept)."""
     raw = resp.headers
     listed: frozenset[bytes] = frozenset()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            listed = listed | _listed([value])
-    out: CIMultiDict[str] = CIMultiDict()
+    keep: list[tuple[bytes, bytes]] = []
     for name, value in raw:
         key = name.lower()
-        if key in HOP_BY_HOP or key in listed:
+        if key in HOP_BY_HOP:
+            if key == b"connection":
+                names = _CONNECTION_VALUES.get(value)
+                if names is None:
+                    names = _listed([value])
+                    if len(_CONNECTION_VALUES) < 64:
+                        _CONNECTION_VALUES[value] = names
+                listed = listed | names
             continue
-        out.add(name.decode("latin-1"), value.decode("latin-1"))
-    return out
+        keep.append((name, value))
+    return CIMultiDict(
+        [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in keep
+            if not listed or name.lower() not in listed
+        ]
+    )
+
+
+class _Coalesced(web.StreamResponse):
+    """A streamed answer whose headers wait for the first chunk of body.
+
+    ``web.Response`` does the same for a whole body; this is that for a stream.
+    """
+
+    _send_headers_immediately = False
 
 
 class _Body:
@@ -250,9 +273,11 @@ async def forward(
             ex.bytes_in = (
                 len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
             )
-            out = web.StreamResponse(
-                status=resp.status, reason=resp.reason, headers=response_headers(resp)
-            )
+            # When the body is here already, its first chunk goes out in the same write
+            # as the headers (one syscall fewer). Otherwise the headers go first, so a
+            # client of a slow or streaming answer sees them at once.
+            kind = _Coalesced if resp.body_ready else web.StreamResponse
+            out = kind(status=resp.status, reason=resp.reason, headers=response_headers(resp))
             return await _stream_back(request, route, resp, out, ex)
     except TimeoutError:
         if out is not None and out.prepared:

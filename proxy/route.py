@@ -27,7 +27,7 @@ from proxy.tokens import Token, TokenManager
 from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from prometheus_client.metrics import Counter, Gauge, Histogram
+    from prometheus_client.metrics import Counter, Histogram
 
     from proxy.metrics import Metrics
     from proxy.stores import TokenStore
@@ -155,7 +155,8 @@ class RouteRuntime:
                     events=metrics,
                 )
         self.inflight = 0
-        self.m_inflight: Gauge = metrics.inflight.labels(config.name)
+        # Read at scrape time: cheaper than two locked updates per request.
+        metrics.inflight.labels(config.name).set_function(lambda: self.inflight)
         self.m_duration: Histogram = metrics.request_duration.labels(config.name)
         self.m_upstream: Histogram = metrics.upstream_duration.labels(config.name)
         self._m_requests = metrics.requests

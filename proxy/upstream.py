@@ -52,6 +52,12 @@ class UpstreamResponse:
         self._conn = conn
         self._done = False
 
+    @property
+    def body_ready(self) -> bool:
+        """Some of the body (or its end) has arrived already: reading will not wait."""
+        conn = self._conn
+        return bool(conn._chunks) or conn._complete
+
     async def read(self) -> bytes:
         """The next chunk of the body, or b'' at its end. Raises UpstreamError if cut."""
         return await self._conn.read_chunk()
