@@ -67,8 +67,14 @@ def auth_fingerprint(route: RouteConfig) -> str:
     Used as the token store key, so that changed credentials or endpoints never
     pick up an old token, while a restart or another replica finds the same one.
     The secrets go into the digest, never into the store key as text.
+
+    A configured ``refresh_token`` is left out: it only seeds the first refresh, so
+    adding one to the config after ``authorize`` must not orphan the stored token.
     """
-    ident = {"auth": asdict(route.auth), "upstream": route.upstream}
+    auth = asdict(route.auth)
+    if route.auth.type == "oauth2_refresh_token":
+        auth.pop("refresh_token", None)
+    ident = {"auth": auth, "upstream": route.upstream}
     raw = json.dumps(ident, sort_keys=True, default=str).encode()
     return hashlib.sha256(raw).hexdigest()[:24]
 
