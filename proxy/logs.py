@@ -203,7 +203,7 @@ def setup(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
     root.setLevel(level.upper())
     # The logging module's documented optimisations: no caller lookup (a stack walk
     # per record) and no thread/process fields, which no line of ours prints.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
