@@ -803,9 +803,9 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
         p.error("", "the top level must be a mapping")
 
     listen = p.value(top, "listen", "", parse_listen, Listen("127.0.0.1", 8080))
-    admin: Listen | None = p.value(top, "admin_listen", "", parse_listen, Listen("127.0.0.1", 9090))
-    if top.get("admin_listen", "") is False:
-        admin = None
+    admin: Listen | None = None
+    if top.get("admin_listen") is not False:  # `admin_listen: false` turns it off
+        admin = p.value(top, "admin_listen", "", parse_listen, Listen("127.0.0.1", 9090))
 
     ts = p.section(
         top.get("token_store"), "token_store", {f for f in TokenStoreConfig.__dataclass_fields__}

@@ -239,3 +239,8 @@ def test_load_reports_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(c.ConfigError) as info:
         c.load(str(tmp_path / "nope.yaml"))
     assert "cannot read config file" in str(info.value)
+
+
+def test_admin_listen_can_be_turned_off() -> None:
+    assert parse(MINIMAL + "admin_listen: false\n").admin_listen is None
+    assert [p.path for p in problems(MINIMAL + "admin_listen: nowhere\n")] == ["admin_listen"]
