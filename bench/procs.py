@@ -181,16 +181,17 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def machine_cpu() -> tuple[float, float]:
-    """Busy and stolen CPU seconds of the whole machine since boot, from /proc/stat."""
+def machine_cpu() -> tuple[float, float, float]:
+    """CPU seconds of the whole machine since boot, from /proc/stat: in processes
+    (user, nice, system), in interrupts (irq, softirq: loopback traffic is handled
+    there, and is charged to no process), and stolen by the hypervisor."""
     try:
         first = Path("/proc/stat").read_text().splitlines()[0].split()
     except (OSError, IndexError):
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     # cpu user nice system idle iowait irq softirq steal ...
-    ticks = [int(v) for v in first[1:9]]
-    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]
-    return busy / CLK_TCK, ticks[7] / CLK_TCK
+    t = [int(v) / CLK_TCK for v in first[1:9]]
+    return t[0] + t[1] + t[2], t[5] + t[6], t[7]
 
 
 def own_cpu(roots: list[int]) -> float:
