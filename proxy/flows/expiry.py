@@ -15,8 +15,6 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
-
 #: an epoch number larger than this is in milliseconds (year 5138 in seconds)
 _MS_THRESHOLD = 1e11
 
@@ -78,6 +76,10 @@ def jwt_exp(token: str) -> float | None:
     """The ``exp`` claim of a JWT, unverified; None for anything else."""
     if token.count(".") != 2:
         return None
+    # Imported here: pyjwt pulls in `cryptography` (~8 MiB of RSS), and most token
+    # answers say their expiry, so most proxies never need it.
+    import jwt
+
     try:
         claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
     except jwt.PyJWTError:
