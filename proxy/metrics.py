@@ -8,6 +8,8 @@ contract's error codes. No label ever carries a path, a query or a token.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from proxy.tokens import Token, TokenFetchError
@@ -108,11 +110,14 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self._cache_children: dict[tuple[str, bool], Any] = {}
         for outcome in ("success", "error"):
             self.config_reloads.labels(outcome)
 
     def forget_route(self, route: str) -> None:
         """Drop a removed route's gauges, so that they do not go on reporting it."""
+        for hit in (True, False):
+            self._cache_children.pop((route, hit), None)
         for gauge in (self.token_expiry, self.inflight):
             try:
                 gauge.remove(route)
@@ -135,7 +140,13 @@ class Metrics:
         self.token_duration.labels(route).observe(seconds)
 
     def cache(self, route: str, hit: bool) -> None:
-        self.token_cache.labels(route, "hit" if hit else "miss").inc()
+        # Once per proxied request: keep the labelled child instead of looking it
+        # up (a lock and a dict) every time.
+        child = self._cache_children.get((route, hit))
+        if child is None:
+            child = self.token_cache.labels(route, "hit" if hit else "miss")
+            self._cache_children[(route, hit)] = child
+        child.inc()
 
     def lock_wait(self, route: str, seconds: float) -> None:
         self.token_lock_wait.labels(route).observe(seconds)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -194,6 +195,9 @@ class TokenManager:
         self.events: TokenEvents = events or NullEvents()
         self.backoff = backoff or Backoff()
         self._token: Token | None = None
+        #: the token known usable and not due a refresh before ``_fresh_until``
+        self._fresh_token: Token | None = None
+        self._fresh_until = 0.0
         #: the last token refused upstream; kept for its refresh token, never sent
         self._refused: Token | None = None
         self._task: asyncio.Task[Token] | None = None
@@ -231,9 +235,19 @@ class TokenManager:
         """A usable token, fetching one only when none is cached."""
         tok = self._token
         now = self.clock.time()
+        if tok is not None and tok is self._fresh_token and now < self._fresh_until:
+            # The common case, kept to two comparisons: usable, not yet due a refresh.
+            self.events.cache(self.route, True)
+            return tok
         if tok is not None and tok.usable(now):
             at = self.refresh_at(tok)
-            if at is not None and now >= at and self._task is None and not self._backing_off(now):
+            if at is None:
+                self._fresh_token, self._fresh_until = tok, math.inf
+            elif now < at:
+                assert tok.expires_at is not None
+                self._fresh_token = tok
+                self._fresh_until = min(at, tok.expires_at - EXPIRY_SKEW)
+            elif self._task is None and not self._backing_off(now):
                 self._start()
             self.events.cache(self.route, True)
             return tok
