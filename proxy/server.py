@@ -243,7 +243,9 @@ class Request:
             else:
                 self._out_chunked = True
                 out.append(b"Transfer-Encoding: chunked\r\n")
-        if close or not self.keep_alive or conn.server.draining or conn._no_more:
+        # Nothing will follow this answer on this connection: say so.
+        last = conn._no_more and not conn._queue
+        if close or last or not self.keep_alive or conn.server.draining:
             self.keep_alive = False
             out.append(b"Connection: close\r\n\r\n")
         elif self.version_10:
