@@ -271,14 +271,15 @@ class Proxy:
                 log.warning("%s: %s", err.code, err.message, extra={"route": err.route or ""})
             # The connection ends with a 413: the rest of an oversized body is not read.
             self._answer_error(request, err, ex, close=err.status == 413)
-        except ConnectionError:
-            pass  # the client went away: nobody to answer
-        except Exception:
-            log.exception("unexpected error", extra={"route": route.name if route else ""})
-            internal = ProxyError(
-                "internal error in authproxy", route=route.name if route else None
-            )
-            self._answer_error(request, internal, ex, close=False)
+        except Exception as exc:
+            if isinstance(exc, ConnectionError) and request.client_gone:
+                pass  # the client went away: nobody to answer
+            else:
+                log.exception("unexpected error", extra={"route": route.name if route else ""})
+                internal = ProxyError(
+                    "internal error in authproxy", route=route.name if route else None
+                )
+                self._answer_error(request, internal, ex, close=False)
         elapsed = time.perf_counter() - started
         # 499: the client closed the connection before any answer (as nginx logs it)
         status = request.status or 499

@@ -18,8 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from multidict import istr
-
 from proxy.errors import BodyTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable
 from proxy.logs import Exchange
 from proxy.route import RouteRuntime
@@ -42,8 +40,6 @@ REQUEST_DROP = HOP_BY_HOP | {
     b"host", b"expect", b"x-authproxy-token", b"content-length", b"x-request-id",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
 }  # fmt: skip
-CONNECTION = istr("Connection")
-X_REQUEST_ID = istr("X-Request-Id")
 
 #: a 401 answer smaller than this is read, so its connection can be reused
 _DRAIN_LIMIT = 64 * 1024

@@ -43,6 +43,8 @@ _MAX_QUEUED = 8
 #: how long a closing connection keeps reading (and discarding) so that the client
 #: sees its answer instead of a reset caused by unread data
 _LINGER = 2.0
+#: the listen queue (aiohttp's default, which this server replaced)
+_BACKLOG = 128
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: header names (lowercased) the parser's callback notes, by length: a cheap pre-check
 _CONTENT_LENGTH = b"content-length"
@@ -152,6 +154,12 @@ class Request:
     @property
     def transport(self) -> asyncio.Transport | None:
         return self._conn.transport
+
+    @property
+    def client_gone(self) -> bool:
+        """The client's connection is closed (or closing): no answer can reach it."""
+        conn = self._conn
+        return conn.lost or conn.transport is None or conn.transport.is_closing()
 
     @property
     def body_exists(self) -> bool:
@@ -672,14 +680,16 @@ class Server:
     async def listen_tcp(self, host: str, port: int) -> int:
         """Listen on ``host:port``; returns the port (the one chosen, for port 0)."""
         loop = asyncio.get_running_loop()
-        srv = await loop.create_server(self.protocol, host, port, reuse_address=True)
+        srv = await loop.create_server(
+            self.protocol, host, port, reuse_address=True, backlog=_BACKLOG
+        )
         self._listeners.append(srv)
         bound: int = srv.sockets[0].getsockname()[1]
         return bound
 
     async def listen_unix(self, path: str) -> None:
         loop = asyncio.get_running_loop()
-        srv = await loop.create_unix_server(self.protocol, path)
+        srv = await loop.create_unix_server(self.protocol, path, backlog=_BACKLOG)
         self._listeners.append(srv)
 
     async def shutdown(self, grace: float) -> None:
@@ -704,8 +714,17 @@ class Server:
         deadline = time.monotonic() + grace
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        tasks = []
         for conn in list(self.connections):
             conn.abort()
+            if conn._task is not None and not conn._task.done():
+                tasks.append(conn._task)
+        # A handler still waiting (on a token, say) would only find out at its next
+        # read or write; it is past the grace period: cancel it.
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
         for srv in self._listeners:
             await srv.wait_closed()
         self._listeners.clear()
