@@ -127,7 +127,9 @@ def response_headers(resp: UpstreamResponse) -> tuple[list[tuple[bytes, bytes]],
             if key == b"connection":
                 names = _CONNECTION_VALUES.get(value)
                 if names is None:
-                    names = _listed([value])
+                    # hop-by-hop names are dropped anyway, and "close" is no header name:
+                    # "Connection: keep-alive" then costs no second pass below
+                    names = _listed([value]) - HOP_BY_HOP - {b"close"}
                     if len(_CONNECTION_VALUES) < 64:
                         _CONNECTION_VALUES[value] = names
                 listed = listed | names

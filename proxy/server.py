@@ -370,7 +370,9 @@ class _Connection(asyncio.Protocol):
         else:
             if self._in_head:
                 self._head_bytes += len(data)
-                if self._head_bytes > 4 * self.server.max_header_size + 4096:
+                # Each line is bounded by the callbacks; this bounds how many there are
+                # (httptools buffers a head until it is complete).
+                if self._head_bytes > 32 * self.server.max_header_size:
                     self._failed(BadRequest("the request head is too large"))
 
     def eof_received(self) -> bool | None:
