@@ -59,6 +59,9 @@ _NOTED_LENGTHS = frozenset(
 Handler = Callable[["Request"], Awaitable[None]]
 
 
+_TOO_LONG = "the request line or a header field is too long"
+
+
 class _HeadTooLarge(Exception):
     """The request line or a header field is longer than ``max_header_size``."""
 
@@ -321,6 +324,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._in_head = False
         self._head_bytes = 0
+        self._head_fields = 0
         #: no more requests will be read on this connection
         self._no_more = False
         self._discard = False
@@ -362,7 +366,7 @@ class _Connection(asyncio.Protocol):
             self._wake()
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
-                self._failed(BadRequest("the request line or a header field is too long"))
+                self._failed(BadRequest(str(exc.__context__)))
             else:
                 self._failed(BadRequest("malformed request"))
         except httptools.HttpParserError as exc:
@@ -414,11 +418,12 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._in_head = True
         self._head_bytes = 0
+        self._head_fields = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.server.max_header_size:
-            raise _HeadTooLarge
+            raise _HeadTooLarge(_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._parsing
@@ -427,8 +432,13 @@ class _Connection(asyncio.Protocol):
             req = self._parsing = Request(
                 self, method, self._url.decode("utf-8", "surrogateescape")
             )
-        if len(name) + len(value) + 2 > self.server.max_header_size:
-            raise _HeadTooLarge
+        size = len(name) + len(value) + 4
+        max_size = self.server.max_header_size
+        if size - 2 > max_size:
+            raise _HeadTooLarge(_TOO_LONG)
+        self._head_fields += size
+        if self._head_fields > 32 * max_size:
+            raise _HeadTooLarge("the request head is too large")
         req.raw_headers.append((name, value))
         if len(name) in _NOTED_LENGTHS:
             key = name.lower()

@@ -247,3 +247,18 @@ async def test_head_answer_has_headers_and_no_body(echo, start_proxy):
     assert answer.status == 200
     assert answer.json()["path"] == "/v1/g"
     conn.close()
+
+
+async def test_a_head_of_many_fields_is_bounded_as_a_whole(echo, start_proxy):
+    proxy = await start_proxy(route(echo.url, top="limits: {max_header_size: 1KiB}\n"))
+    host, port = host_port(proxy.url)
+    field = "v" * 900
+
+    def request(n: int) -> bytes:
+        lines = "".join(f"X-F{i}: {field}\r\n" for i in range(n))
+        return f"GET /api/x HTTP/1.1\r\nHost: h\r\n{lines}Connection: close\r\n\r\n".encode()
+
+    assert parse(await exchange(host, port, request(20))).status == 200
+    answer = parse(await exchange(host, port, request(60)))  # 54 kB > 32 x 1 KiB
+    assert (answer.status, answer.error_code) == (400, "bad_request")
+    assert len(echo.seen) == 1
