@@ -254,6 +254,10 @@ class Request:
             else:
                 self._out_chunked = True
                 out.append(b"Transfer-Encoding: chunked\r\n")
+        if self.expect_continue and not self._complete:
+            # Answered without asking for the body: the client may send it or not, so
+            # where its next request starts is unknown. End the connection instead.
+            close = True
         # Nothing will follow this answer on this connection: say so.
         last = conn._no_more and not conn._queue
         if close or last or not self.keep_alive or conn.server.draining:

@@ -13,6 +13,8 @@ import time
 
 from aiohttp import web
 
+from proxy import config as configmod
+from proxy.app import create_app
 from tests.rawhttp import Answer, exchange, host_port, parse
 
 
@@ -176,6 +178,19 @@ async def test_expect_100_continue_only_when_the_body_is_read(echo, start_proxy)
     assert len(echo.seen) == 1
     conn.close()
 
+    # Refused before the body was asked for: the connection ends (the client may or may
+    # not send the body, so the next request's start is unknown).
+    conn = await Conn.open(proxy.url)
+    await conn.send(
+        b"POST /nowhere HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+    )
+    answer = await conn.answer()
+    assert (answer.status, answer.error_code) == (404, "no_route")
+    assert answer.headers["connection"] == "close"
+    assert b"100 Continue" not in conn.buf
+    assert await conn.closed()
+    conn.close()
+
 
 async def test_oversized_header_is_contract_json_400_and_closes(echo, start_proxy):
     proxy = await start_proxy(route(echo.url, top="limits: {max_header_size: 1KiB}\n"))
@@ -262,3 +277,37 @@ async def test_a_head_of_many_fields_is_bounded_as_a_whole(echo, start_proxy):
     answer = parse(await exchange(host, port, request(60)))  # 54 kB > 32 x 1 KiB
     assert (answer.status, answer.error_code) == (400, "bad_request")
     assert len(echo.seen) == 1
+
+
+async def test_stop_closes_idle_connections_at_once_and_lets_in_flight_ones_finish(echo):
+    async def handler(request: web.Request) -> web.Response:
+        if request.path.endswith("/slow"):
+            await asyncio.sleep(0.8)
+            return web.Response(text="late")
+        return web.Response(text="fast")
+
+    echo.handler = handler
+    cfg = configmod.parse(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nshutdown_grace: 5s\n" + route(echo.url),
+        {},
+    )
+    proxy = create_app(cfg)
+    await proxy.start()
+    idle = await Conn.open(proxy.url)
+    await idle.send(b"GET /api/fast HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (await idle.answer()).body == b"fast"
+    busy = await Conn.open(proxy.url)
+    await busy.send(b"GET /api/slow HTTP/1.1\r\nHost: h\r\n\r\n")
+    await asyncio.sleep(0.2)  # the slow one is at the upstream now
+
+    began = time.monotonic()
+    stopping = asyncio.create_task(proxy.stop())
+    assert await idle.closed(timeout=2)
+    assert time.monotonic() - began < 0.4  # at once, not after the in-flight one
+    answer = await busy.answer()
+    assert (answer.status, answer.body) == (200, b"late")
+    assert answer.headers["connection"] == "close"  # draining: no keep-alive offered
+    assert await busy.closed()
+    await asyncio.wait_for(stopping, 5)
+    idle.close()
+    busy.close()
