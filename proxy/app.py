@@ -1,8 +1,8 @@
 """The running proxy: servers, routes and their lifetimes.
 
-:func:`create_app` is what both the CLI and the tests call. The proxy port is an
-aiohttp low-level server (no router, no middleware chain: the hot path is one
-function); the admin port is an ordinary aiohttp application.
+:func:`create_app` is what both the CLI and the tests call. The proxy port is the
+lean server of :mod:`proxy.server` (no router, no middleware chain: the hot path is
+one function); the admin port is an ordinary aiohttp application.
 """
 
 from __future__ import annotations
@@ -25,19 +25,21 @@ from proxy.errors import (
     MethodNotAllowed,
     Overloaded,
     ProxyError,
-    error_response,
+    error_answer,
 )
-from proxy.forward import X_REQUEST_ID, forward
+from proxy.forward import forward
 from proxy.logs import Exchange, access_log, remember_secrets
 from proxy.logs import access as log_access
 from proxy.metrics import Metrics, method_label
 from proxy.route import RouteRuntime
 from proxy.routing import Router
+from proxy.server import Request, Server
 from proxy.stores import TokenStore, open_store
 
 log = logging.getLogger("authproxy")
 
 INBOUND_TOKEN = "X-Authproxy-Token"
+_INBOUND_KEY = INBOUND_TOKEN.lower().encode()
 
 
 class Proxy:
@@ -55,6 +57,7 @@ class Proxy:
         self.ready = False
         self.draining = False
         self._runners: list[web.BaseRunner] = []
+        self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.proxy_address: Listen | None = None
         self.admin_address: Listen | None = None
@@ -70,17 +73,21 @@ class Proxy:
         """Build the routes, bind both listeners, and start fetching tokens."""
         self._build_routes(self.config)
         limits = self.config.limits
-        server = web.Server(
+        server = self._server = Server(
             self.handle,
-            max_line_size=limits.max_header_size,
-            max_field_size=limits.max_header_size,
-            keepalive_timeout=limits.idle_timeout,
-            access_log=None,
+            max_header_size=limits.max_header_size,
+            idle_timeout=limits.idle_timeout,
         )
-        runner = web.ServerRunner(server, shutdown_timeout=self.config.shutdown_grace)
-        await runner.setup()
-        self._runners.append(runner)
-        self.proxy_address = await self._bind(runner, self.config.listen)
+        where = self.config.listen
+        if where.path is not None:
+            if os.path.exists(where.path):
+                os.unlink(where.path)
+            await server.listen_unix(where.path)
+            os.chmod(where.path, self.config.unix_socket_mode)
+            self.proxy_address = where
+        else:
+            port = await server.listen_tcp(where.host, where.port)
+            self.proxy_address = Listen(host=where.host, port=port)
         if self.config.admin_listen is not None:
             admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
             await admin.setup()
@@ -116,8 +123,9 @@ class Proxy:
         """Graceful: not ready, stop accepting, let in-flight requests finish, close."""
         self.ready = False
         self.draining = True
-        if self._runners:
-            await self._close_listener(self._runners[0])
+        if self._server is not None:
+            await self._server.shutdown(self.config.shutdown_grace)
+            self._server = None
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
@@ -127,22 +135,6 @@ class Proxy:
             await rt.close()
         self._retired.clear()
         await self.store.close()
-
-    async def _close_listener(self, runner: web.BaseRunner) -> None:
-        for site in list(runner.sites):
-            await site.stop()
-        server = runner.server
-        # A connection accepted just before the listener closed may not have sent
-        # its request yet; aiohttp's shutdown would close it as idle and its client
-        # would see a reset. Give such requests a moment to arrive.
-        deadline = time.monotonic() + min(0.5, self.config.shutdown_grace)
-        await asyncio.sleep(0)
-        while (
-            server is not None
-            and time.monotonic() < deadline
-            and any(getattr(c, "_request_count", 1) == 0 for c in server.connections)
-        ):
-            await asyncio.sleep(0.01)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -249,10 +241,11 @@ class Proxy:
 
     # -- the hot path -----------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> None:
+        """Answer one request on the proxy port; never raises for the client's sake."""
         started = time.perf_counter()
         route: RouteRuntime | None = None
-        ex = Exchange(request.headers.get(X_REQUEST_ID) or os.urandom(8).hex())
+        ex = Exchange(request.request_id or os.urandom(8).hex())
         try:
             if request.method == "CONNECT":
                 raise MethodNotAllowed("CONNECT is not served: authproxy is not an open proxy")
@@ -267,45 +260,60 @@ class Proxy:
                 )
             route.inflight += 1
             try:
-                resp = await forward(request, route, match, ex)
+                await forward(request, route, match, ex)
             finally:
                 route.inflight -= 1
         except ProxyError as err:
             if err.route is None and route is not None:
                 err.route = route.name
-            resp = error_response(err)
-            if err.status == 413:
-                # The connection ends with this answer: the rest of an oversized body is
-                # only drained by aiohttp's lingering close (10 s at most), never reused.
-                resp.force_close()
-            resp.headers[X_REQUEST_ID] = ex.request_id
             self.metrics.proxy_errors.labels(route.name if route else "", err.code).inc()
             if err.status >= 500:
                 log.warning("%s: %s", err.code, err.message, extra={"route": err.route or ""})
-        except Exception:
-            log.exception("unexpected error", extra={"route": route.name if route else ""})
-            internal = ProxyError(
-                "internal error in authproxy", route=route.name if route else None
-            )
-            resp = error_response(internal)
-            resp.headers[X_REQUEST_ID] = ex.request_id
+            # The connection ends with a 413: the rest of an oversized body is not read.
+            self._answer_error(request, err, ex, close=err.status == 413)
+        except Exception as exc:
+            if isinstance(exc, ConnectionError) and request.client_gone:
+                pass  # the client went away: nobody to answer
+            else:
+                log.exception("unexpected error", extra={"route": route.name if route else ""})
+                internal = ProxyError(
+                    "internal error in authproxy", route=route.name if route else None
+                )
+                self._answer_error(request, internal, ex, close=False)
         elapsed = time.perf_counter() - started
+        # 499: the client closed the connection before any answer (as nginx logs it)
+        status = request.status or 499
         if route is not None:
-            route.count(method_label(request.method), resp.status)
+            route.count(method_label(request.method), status)
             route.m_duration.observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             log_access(
                 route.name if route else "",
                 request.method,
                 request.path,
-                resp.status,
+                status,
                 elapsed,
                 ex,
-                resp.headers.get("X-Authproxy-Error", ""),
+                request.error_code,
             )
-        return resp
 
-    def _check_access(self, request: web.BaseRequest) -> None:
+    @staticmethod
+    def _answer_error(request: Request, err: ProxyError, ex: Exchange, *, close: bool) -> None:
+        if request.started:
+            # Too late for an error answer: cut, so the client sees a truncated one.
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            return
+        status, headers, body = error_answer(err)
+        headers.append((b"X-Request-Id", ex.request_id.encode("latin-1", "replace")))
+        request.error_code = err.code
+        try:
+            request.respond(status, headers, body, close=close)
+        except ConnectionError:
+            pass
+
+    def _check_access(self, request: Request) -> None:
         if self._allow:
             peer = request.remote
             if peer:  # unix sockets have no peer address and count as loopback
@@ -316,7 +324,7 @@ class Proxy:
                 if not any(ip in net for net in self._allow):
                     raise Forbidden("client address is not in allow_from")
         if self._inbound is not None:
-            sent = request.headers.get(INBOUND_TOKEN, "").encode()
+            sent = request.get_header(_INBOUND_KEY) or b""
             if not hmac.compare_digest(sent, self._inbound):
                 raise Forbidden(f"missing or wrong {INBOUND_TOKEN} header")
 

@@ -1,7 +1,7 @@
 """Errors the proxy makes itself, and how each becomes the contract's answer.
 
 Everything the proxy refuses or fails at is a :class:`ProxyError`. Each subclass
-knows its HTTP status and its contract code; :func:`error_response` is the one
+knows its HTTP status and its contract code; :func:`error_answer` is the one
 place that turns any of them into the JSON body with ``X-Authproxy-Error``.
 Lower-layer failures (aiohttp client errors, token endpoint answers) are
 translated into these where they happen, with ``raise ... from exc``.
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-
-from aiohttp import web
 
 
 class ProxyError(Exception):
@@ -93,14 +91,13 @@ def error_body(err: ProxyError) -> bytes:
     return json.dumps({"error": detail}).encode()
 
 
-def error_response(err: ProxyError) -> web.Response:
-    """The contract's JSON answer for ``err``."""
-    headers = {"X-Authproxy-Error": err.code, "Cache-Control": "no-store"}
+def error_answer(err: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The contract's JSON answer for ``err``: status, headers and body."""
+    headers = [
+        (b"Content-Type", b"application/json"),
+        (b"X-Authproxy-Error", err.code.encode()),
+        (b"Cache-Control", b"no-store"),
+    ]
     if err.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
-    return web.Response(
-        status=err.status,
-        body=error_body(err),
-        content_type="application/json",
-        headers=headers,
-    )
+        headers.append((b"Retry-After", b"%d" % max(1, math.ceil(err.retry_after))))
+    return err.status, headers, error_body(err)

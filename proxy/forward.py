@@ -18,14 +18,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict, istr
-
 from proxy.errors import BodyTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable
 from proxy.logs import Exchange
 from proxy.route import RouteRuntime
 from proxy.routing import Match, join_upstream
+from proxy.server import Request
 from proxy.tokens import Token
 from proxy.upstream import UpstreamError, UpstreamResponse
 
@@ -43,8 +40,6 @@ REQUEST_DROP = HOP_BY_HOP | {
     b"host", b"expect", b"x-authproxy-token", b"content-length", b"x-request-id",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
 }  # fmt: skip
-CONNECTION = istr("Connection")
-X_REQUEST_ID = istr("X-Request-Id")
 
 #: a 401 answer smaller than this is read, so its connection can be reused
 _DRAIN_LIMIT = 64 * 1024
@@ -60,7 +55,7 @@ def _listed(values: list[str] | list[bytes]) -> frozenset[bytes]:
 
 
 def request_head(
-    request: web.BaseRequest,
+    request: Request,
     route: RouteRuntime,
     target: str,
     request_id: str,
@@ -74,10 +69,9 @@ def request_head(
     them, and without the header the route injects. ``framing`` is the
     Content-Length or Transfer-Encoding line for the body actually sent.
     """
-    headers = request.headers
     drop = REQUEST_DROP
-    if CONNECTION in headers:
-        drop = drop | _listed(headers.getall(CONNECTION))
+    if request.connection is not None:
+        drop = drop | _listed(request.connection)
     skip_auth = not route.config.pass_client_authorization
     injected = route.header_key
     out = [
@@ -118,45 +112,40 @@ def request_head(
 _CONNECTION_VALUES: dict[bytes, frozenset[bytes]] = {}
 
 
-def response_headers(resp: UpstreamResponse) -> CIMultiDict[str]:
-    """The upstream's headers as the client should see them (duplicates kept)."""
+def response_headers(resp: UpstreamResponse) -> tuple[list[tuple[bytes, bytes]], int | None]:
+    """The upstream's headers as the client should see them (duplicates kept), and
+    the Content-Length among them (None when there is none)."""
     raw = resp.headers
     listed: frozenset[bytes] = frozenset()
     keep: list[tuple[bytes, bytes]] = []
+    length: int | None = None
     for name, value in raw:
         key = name.lower()
-        if key in HOP_BY_HOP:
+        if key == b"content-length":
+            length = int(value)
+        elif key in HOP_BY_HOP:
             if key == b"connection":
                 names = _CONNECTION_VALUES.get(value)
                 if names is None:
-                    names = _listed([value])
+                    # hop-by-hop names are dropped anyway, and "close" is no header name:
+                    # "Connection: keep-alive" then costs no second pass below
+                    names = _listed([value]) - HOP_BY_HOP - {b"close"}
                     if len(_CONNECTION_VALUES) < 64:
                         _CONNECTION_VALUES[value] = names
                 listed = listed | names
             continue
         keep.append((name, value))
-    return CIMultiDict(
-        [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in keep
-            if not listed or name.lower() not in listed
-        ]
-    )
-
-
-class _Coalesced(web.StreamResponse):
-    """A streamed answer whose headers wait for the first chunk of body.
-
-    ``web.Response`` does the same for a whole body; this is that for a stream.
-    """
-
-    _send_headers_immediately = False
+    if listed:
+        keep = [(name, value) for name, value in keep if name.lower() not in listed]
+        if b"content-length" in listed:
+            length = None
+    return keep, length
 
 
 class _Body:
     """A request body streamed upstream, counted against ``max_body``."""
 
-    def __init__(self, content: aiohttp.StreamReader, prefix: bytes, limit: int) -> None:
+    def __init__(self, content: Request, prefix: bytes, limit: int) -> None:
         self.content = content
         self.prefix = prefix
         self.limit = limit
@@ -179,7 +168,7 @@ class _Body:
             yield chunk
 
 
-async def _read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:
+async def _read_up_to(content: Request, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     while size <= limit:
@@ -202,8 +191,8 @@ async def _discard(resp: UpstreamResponse) -> None:
 
 
 async def forward(
-    request: web.BaseRequest, route: RouteRuntime, match: Match[Any], ex: Exchange | None = None
-) -> web.StreamResponse:
+    request: Request, route: RouteRuntime, match: Match[Any], ex: Exchange | None = None
+) -> None:
     """Send ``request`` upstream through ``route`` and stream the answer back.
 
     ``ex``, when given, is filled in for the access log (request id, token
@@ -216,7 +205,7 @@ async def forward(
     target = join_upstream(route.base_path, match.rest, match.query)
     manager = route.manager
     if ex is None:
-        ex = Exchange(request.headers.get(X_REQUEST_ID) or "")
+        ex = Exchange(request.request_id or "")
 
     # The body: buffered when a 401 replay may need it, streamed otherwise.
     body: bytes | AsyncIterator[bytes] | None = None
@@ -259,7 +248,6 @@ async def forward(
         auth_line = route.auth_line(token)
 
     timeout = asyncio.timeout(config.timeout)
-    out: web.StreamResponse | None = None
     try:
         async with timeout:
             head = request_head(request, route, target, ex.request_id, auth_line, framing)
@@ -273,23 +261,18 @@ async def forward(
             ex.bytes_in = (
                 len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
             )
-            # When the body is here already, its first chunk goes out in the same write
-            # as the headers (one syscall fewer). Otherwise the headers go first, so a
-            # client of a slow or streaming answer sees them at once.
-            kind = _Coalesced if resp.body_ready else web.StreamResponse
-            out = kind(status=resp.status, reason=resp.reason, headers=response_headers(resp))
-            return await _stream_back(request, route, resp, out, ex)
+            await _stream_back(request, route, resp, ex)
     except TimeoutError:
-        if out is not None and out.prepared:
+        if request.started:
             _cut(request, route, "the whole exchange took longer than the route's timeout")
-            return out
+            return
         raise UpstreamTimeout(
             f"upstream did not answer within {config.timeout:g}s", route=route.name
         ) from None
 
 
 async def _replay_401(
-    request: web.BaseRequest,
+    request: Request,
     route: RouteRuntime,
     token: Token,
     resp: UpstreamResponse,
@@ -320,7 +303,7 @@ async def _replay_401(
 
 
 async def _send(
-    request: web.BaseRequest,
+    request: Request,
     route: RouteRuntime,
     head: bytes,
     body: bytes | AsyncIterator[bytes] | None,
@@ -348,7 +331,7 @@ async def _send(
     return resp
 
 
-def _cut(request: web.BaseRequest, route: RouteRuntime, why: str) -> None:
+def _cut(request: Request, route: RouteRuntime, why: str) -> None:
     """Headers are gone already: the only honest signal left is to cut the
     connection, so the client sees a truncated answer, never a complete one."""
     log.warning("stream aborted mid-answer: %s", why, extra={"route": route.name})
@@ -358,34 +341,43 @@ def _cut(request: web.BaseRequest, route: RouteRuntime, why: str) -> None:
 
 
 async def _stream_back(
-    request: web.BaseRequest,
+    request: Request,
     route: RouteRuntime,
     resp: UpstreamResponse,
-    out: web.StreamResponse,
     ex: Exchange,
-) -> web.StreamResponse:
+) -> None:
+    headers, length = response_headers(resp)
     try:
-        await out.prepare(request)
-        if request.method != "HEAD":
-            while True:
-                chunk = await resp.read()
-                if not chunk:
-                    break
-                ex.bytes_out += len(chunk)
-                await out.write(chunk)
-        await out.write_eof()
+        if request.method == "HEAD":
+            request.start(resp.status, resp.reason, headers, length=length, end=True)
+        else:
+            # When the body is here already, its first chunk goes out in the same write
+            # as the headers (one syscall fewer), and all of it when it is all here.
+            # Otherwise the headers go first, so a client of a slow or streaming answer
+            # sees them at once.
+            first = await resp.read() if resp.body_ready else b""
+            ex.bytes_out += len(first)
+            end = resp.at_end
+            request.start(resp.status, resp.reason, headers, length=length, body=first, end=end)
+            if not end:
+                while True:
+                    chunk = await resp.read()
+                    if not chunk:
+                        break
+                    ex.bytes_out += len(chunk)
+                    await request.write(chunk)
+                request.end()
     except UpstreamError as exc:
         resp.close()
-        _cut(request, route, str(exc))
-        out.force_close()
-        return out
+        if request.started:
+            _cut(request, route, str(exc))
+            return
+        raise UpstreamUnavailable(str(exc), route=route.name) from exc
     except ConnectionError:
         # The client went away: nothing to tell it; free the upstream connection.
         resp.close()
-        out.force_close()
-        return out
+        return
     except BaseException:
         resp.close()
         raise
     resp.release()
-    return out

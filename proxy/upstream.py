@@ -58,6 +58,12 @@ class UpstreamResponse:
         conn = self._conn
         return bool(conn._chunks) or conn._complete
 
+    @property
+    def at_end(self) -> bool:
+        """All of the body was read: the next read returns b''."""
+        conn = self._conn
+        return conn._complete and not conn._chunks
+
     async def read(self) -> bytes:
         """The next chunk of the body, or b'' at its end. Raises UpstreamError if cut."""
         return await self._conn.read_chunk()
