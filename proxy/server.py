@@ -389,7 +389,8 @@ class _Connection(asyncio.Protocol):
         self._eof = True
         req = self._parsing
         if req is not None and not req._complete and req._error is None:
-            req._error = ConnectionResetError("the client closed the connection mid-body")
+            # Half-closed mid-body: the request is incomplete, the client may still read.
+            req._error = BadRequest("the request body ended before its announced end")
         if self._discard and self.transport is not None:
             self.transport.close()
         self._wake()

@@ -311,3 +311,19 @@ async def test_stop_closes_idle_connections_at_once_and_lets_in_flight_ones_fini
     await asyncio.wait_for(stopping, 5)
     idle.close()
     busy.close()
+
+
+async def test_a_body_cut_short_by_a_half_close_is_a_400_and_not_forwarded_whole(
+    echo, start_proxy, caplog
+):
+    proxy = await start_proxy(route(echo.url))
+    conn = await Conn.open(proxy.url)
+    await conn.send(b"POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 900\r\n\r\n" + b"a" * 100)
+    conn.writer.write_eof()  # the client is done sending, 800 bytes short
+    answer = await conn.answer()
+    conn.close()
+    assert answer.status == 400
+    assert answer.headers["x-authproxy-error"] == "bad_request"
+    assert json.loads(answer.body)["error"]["code"] == "bad_request"
+    assert echo.seen == []  # the upstream never got a complete request
+    assert "unexpected error" not in caplog.text
