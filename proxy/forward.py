@@ -247,28 +247,39 @@ async def forward(
             ex.token_fetched = True
         auth_line = route.auth_line(token)
 
-    timeout = asyncio.timeout(config.timeout)
+    # The whole exchange has one deadline. A bare loop timer that cancels this task
+    # does what asyncio.timeout() does, at a fraction of its per-request cost.
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = asyncio.get_running_loop().call_later(config.timeout, _expire, ex, task)
     try:
-        async with timeout:
-            head = request_head(request, route, target, ex.request_id, auth_line, framing)
-            resp = await _send(request, route, head, body, streamed, ex)
-            if resp.status == 401 and token is not None and manager is not None:
-                if config.retry_on_401:
-                    resp = await _replay_401(
-                        request, route, token, resp, body, streamed, ex, target, framing
-                    )
-                    token = None
-            ex.bytes_in = (
-                len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
-            )
-            await _stream_back(request, route, resp, ex)
-    except TimeoutError:
+        head = request_head(request, route, target, ex.request_id, auth_line, framing)
+        resp = await _send(request, route, head, body, streamed, ex)
+        if resp.status == 401 and token is not None and manager is not None:
+            if config.retry_on_401:
+                resp = await _replay_401(
+                    request, route, token, resp, body, streamed, ex, target, framing
+                )
+                token = None
+        ex.bytes_in = len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
+        await _stream_back(request, route, resp, ex)
+    except asyncio.CancelledError:
+        if not ex.timed_out:
+            raise  # cancelled by someone else (shutdown): not ours to swallow
+        task.uncancel()
         if request.started:
             _cut(request, route, "the whole exchange took longer than the route's timeout")
             return
         raise UpstreamTimeout(
             f"upstream did not answer within {config.timeout:g}s", route=route.name
         ) from None
+    finally:
+        deadline.cancel()
+
+
+def _expire(ex: Exchange, task: asyncio.Task[Any]) -> None:
+    ex.timed_out = True
+    task.cancel()
 
 
 async def _replay_401(

@@ -217,7 +217,10 @@ def setup(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
 class Exchange:
     """What one request did, filled in by the forwarder, read by the access log."""
 
-    __slots__ = ("request_id", "token_fetched", "replayed", "upstream_s", "bytes_in", "bytes_out")
+    __slots__ = (
+        "request_id", "token_fetched", "replayed", "upstream_s", "bytes_in", "bytes_out",
+        "timed_out",
+    )  # fmt: skip
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
@@ -228,6 +231,8 @@ class Exchange:
         self.upstream_s = 0.0
         self.bytes_in = 0
         self.bytes_out = 0
+        #: the route's timeout ran out for this exchange
+        self.timed_out = False
 
 
 def access(
