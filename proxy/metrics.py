@@ -8,9 +8,12 @@ contract's error codes. No label ever carries a path, a query or a token.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from proxy.tokens import Token, TokenFetchError
 
@@ -23,30 +26,131 @@ def method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
 
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus-client writes it (``0.005``, ``1.0``)."""
+    return repr(float(bound))
+
+
+class _Count:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _Buckets:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # bisect_left: the first bucket whose bound is >= amount, as Prometheus counts.
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class LoopCounter:
+    """A labelled counter for the hot path, updated without locks.
+
+    prometheus-client guards every update with a lock, for threads. The proxy's
+    per-request metrics are only ever updated from its one event loop, so plain
+    numbers do; this collector exports them with the same name, type and labels.
+    """
+
+    def __init__(
+        self, name: str, doc: str, labelnames: list[str], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.doc, self.labelnames = name, doc, labelnames
+        self._children: dict[tuple[str, ...], _Count] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Count:
+        key = tuple(values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = _Count()
+        return child
+
+    def remove(self, *values: str) -> None:
+        del self._children[tuple(values)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for key, child in list(self._children.items()):
+            family.add_metric(list(key), child.value)
+        yield family
+
+
+class LoopHistogram:
+    """A labelled histogram for the hot path, updated without locks (see LoopCounter)."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labelnames: list[str],
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...],
+    ) -> None:
+        self.name, self.doc, self.labelnames = name, doc, labelnames
+        self.bounds = tuple(sorted(buckets))
+        self._children: dict[tuple[str, ...], _Buckets] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Buckets:
+        key = tuple(values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = _Buckets(self.bounds)
+        return child
+
+    def remove(self, *values: str) -> None:
+        del self._children[tuple(values)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        les = [_le(b) for b in self.bounds] + ["+Inf"]
+        for key, child in list(self._children.items()):
+            running = 0
+            buckets: list[tuple[str, float]] = []
+            for le, n in zip(les, child.counts, strict=True):
+                running += n
+                buckets.append((le, running))
+            family.add_metric(list(key), buckets, child.sum)
+        yield family
+
+
 class Metrics:
     """The metric families, and the token events they count."""
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        # The three updated on every request: lock-free (see LoopCounter).
+        self.requests = LoopCounter(
             "authproxy_requests_total",
             "Requests answered, by route, method and status code.",
             ["route", "method", "code"],
-            registry=r,
+            r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             "authproxy_request_duration_seconds",
             "Time from request received to response headers sent.",
             ["route"],
-            buckets=_LATENCY,
-            registry=r,
+            r,
+            _LATENCY,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = LoopHistogram(
             "authproxy_upstream_duration_seconds",
             "Time the upstream took to answer with headers.",
             ["route"],
-            buckets=_LATENCY,
-            registry=r,
+            r,
+            _LATENCY,
         )
         self.token_requests = Counter(
             "authproxy_token_requests_total",

@@ -13,7 +13,7 @@ import json
 import logging
 import ssl
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from multidict import istr
@@ -27,7 +27,6 @@ from proxy.tokens import Token, TokenManager
 from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from prometheus_client.metrics import Counter, Histogram
 
     from proxy.metrics import Metrics
     from proxy.stores import TokenStore
@@ -163,12 +162,12 @@ class RouteRuntime:
         self.inflight = 0
         # Read at scrape time: cheaper than two locked updates per request.
         metrics.inflight.labels(config.name).set_function(lambda: self.inflight)
-        self.m_duration: Histogram = metrics.request_duration.labels(config.name)
-        self.m_upstream: Histogram = metrics.upstream_duration.labels(config.name)
+        self.m_duration = metrics.request_duration.labels(config.name)
+        self.m_upstream = metrics.upstream_duration.labels(config.name)
         self._m_requests = metrics.requests
         self._m_errors = metrics.proxy_errors
         self._m_retries = metrics.unauthorized_retries
-        self._counters: dict[tuple[str, int], Counter] = {}
+        self._counters: dict[tuple[str, int], Any] = {}
 
     def count(self, method: str, status: int) -> None:
         key = (method, status)
