@@ -334,14 +334,15 @@ class _Loader:
         self.root: Any = None
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
+            if node is not None:
+                # Constructing values can fail too (an unknown tag, `=` alone).
+                self.root = self._convert(node, "")
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
             reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             problems.append(Problem("", f"YAML syntax error: {reason}", line))
-            return
-        if node is not None:
-            self.root = self._convert(node, "")
+            self.root = None
 
     def _convert(self, node: yaml.Node, path: str) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
@@ -612,7 +613,7 @@ def _parse_auth(p: _Parser, data: Any, path: str) -> tuple[AuthConfig | None, st
         from proxy.flows.presets import PRESETS, expand
 
         name = data["preset"]
-        if name not in PRESETS:
+        if not isinstance(name, str) or name not in PRESETS:
             p.error(f"{path}.preset", f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
             return None, str(name), None
         params = {k: v for k, v in data.items() if k != "preset"}

@@ -227,6 +227,8 @@ routes:
     assert [p.path for p in found] == ["routes.x.auth.client_secret"]
     found = problems("routes:\n  x:\n    auth: {preset: nope}\n")
     assert "unknown preset" in found[0].message
+    found = problems("routes:\n  x:\n    auth: {preset: [a]}\n")
+    assert found[0].path == "routes.x.auth.preset"
 
 
 def test_empty_and_non_mapping_documents() -> None:
@@ -244,3 +246,9 @@ def test_load_reports_unreadable_file(tmp_path: Path) -> None:
 def test_admin_listen_can_be_turned_off() -> None:
     assert parse(MINIMAL + "admin_listen: false\n").admin_listen is None
     assert [p.path for p in problems(MINIMAL + "admin_listen: nowhere\n")] == ["admin_listen"]
+
+
+def test_yaml_that_cannot_be_constructed_is_a_config_error() -> None:
+    for text in ("=", "a: !!python/object:os.system x\n", "routes: !custom 1\n"):
+        found = problems(text)
+        assert found[0].message.startswith("YAML syntax error"), text
