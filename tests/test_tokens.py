@@ -84,6 +84,8 @@ async def test_refresh_early_in_background_no_request_waits(
     assert (await call(http, "GET", proxy.url + "/gp/a"))[0] == 200
     assert fake.token_requests == 1
 
+    manager = proxy.routes["gp"].manager
+    fetched_before = manager.last_refresh
     clock.advance(2)  # inside: answered at once with the current token, refresh starts
     fake.faults.append(Fault(status=None, delay=0.4))
     started = time.monotonic()
@@ -92,6 +94,8 @@ async def test_refresh_early_in_background_no_request_waits(
     assert statuses == [200] * 5
     assert {r.token_id for r in fake.api_log[-5:]} == {first}
     await wait_for(lambda: fake.logins == 2)
+    # The fake counts the login before its answer reaches the proxy: wait for that too.
+    await wait_for(lambda: manager.last_refresh != fetched_before)
     assert fake.token_requests == 2  # one background refresh, not one per request
     assert (await call(http, "GET", proxy.url + "/gp/a"))[0] == 200
     assert fake.api_log[-1].token_id != first

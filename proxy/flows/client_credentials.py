@@ -16,10 +16,8 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
-from proxy.clock import Clock
 from proxy.config import ClientCredentialsAuth
+from proxy.flows.base import Flow
 from proxy.flows.expiry import jwt_exp, parse_lifetime
 from proxy.flows.http import request_json
 from proxy.tokens import Token, TokenFetchError
@@ -80,22 +78,10 @@ def oauth2_token(
     )
 
 
-class ClientCredentialsFlow:
+class ClientCredentialsFlow(Flow[ClientCredentialsAuth]):
     """A token for the client itself, from ``client_id`` and ``client_secret``."""
 
     grant = "client_credentials"
-
-    def __init__(
-        self,
-        route_name: str,
-        auth: ClientCredentialsAuth,
-        session: aiohttp.ClientSession,
-        clock: Clock,
-    ) -> None:
-        self.route = route_name
-        self.auth = auth
-        self.session = session
-        self.clock = clock
 
     async def fetch(self, previous: Token | None) -> Token:
         auth = self.auth

@@ -26,6 +26,7 @@ import aiohttp
 
 from proxy.clock import Clock
 from proxy.config import LoginAuth, RequestSpec, ResponseSpec
+from proxy.flows.base import Flow
 from proxy.flows.expiry import dig, jwt_exp, parse_instant, parse_lifetime
 from proxy.flows.http import request_json
 from proxy.tokens import Token, TokenFetchError
@@ -66,7 +67,7 @@ def _uses(spec: RequestSpec, placeholder: str) -> bool:
     return any(placeholder in s for s in _strings(parts))
 
 
-class LoginFlow:
+class LoginFlow(Flow[LoginAuth]):
     """Log in with a request template; refresh with another one when configured."""
 
     grant = "login"
@@ -78,10 +79,7 @@ class LoginFlow:
         session: aiohttp.ClientSession,
         clock: Clock,
     ) -> None:
-        self.route = route_name
-        self.auth = auth
-        self.session = session
-        self.clock = clock
+        super().__init__(route_name, auth, session, clock)
         refresh = auth.refresh
         self._refresh_needs_access = refresh is not None and _uses(refresh, ACCESS)
         self._refresh_needs_refresh = refresh is not None and _uses(refresh, REFRESH)

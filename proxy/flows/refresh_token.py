@@ -10,31 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
-
-from proxy.clock import Clock
 from proxy.config import RefreshTokenAuth
+from proxy.flows.base import Flow
 from proxy.flows.client_credentials import client_fields, oauth2_token
 from proxy.flows.http import request_json
 from proxy.tokens import NeedsConsent, Token, TokenFetchError
 
 
-class RefreshTokenFlow:
+class RefreshTokenFlow(Flow[RefreshTokenAuth]):
     """Access tokens from a long-lived (possibly rotating) refresh token."""
 
     grant = "refresh_token"
-
-    def __init__(
-        self,
-        route_name: str,
-        auth: RefreshTokenAuth,
-        session: aiohttp.ClientSession,
-        clock: Clock,
-    ) -> None:
-        self.route = route_name
-        self.auth = auth
-        self.session = session
-        self.clock = clock
 
     async def fetch(self, previous: Token | None) -> Token:
         auth = self.auth
