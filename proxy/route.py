@@ -1,8 +1,9 @@
 """A route at run time: its config plus everything built once for it.
 
 Work that can be done once per route is done here, at start-up or reload, and
-never per request: the upstream URL pieces, the TLS context, the pooled
-keep-alive client session, the token manager, the timeouts and the metric
+never per request: the upstream URL pieces and Host header, the TLS context, the
+pool of keep-alive upstream connections, the injected header line, the token
+manager (with its own aiohttp session for the token endpoint) and the metric
 children.
 """
 
@@ -88,22 +89,16 @@ class RouteRuntime:
         clock: Clock,
         metrics: Metrics,
         store: TokenStore,
-        limit_per_host: int = 0,
     ) -> None:
         self.config = config
         self.name = config.name
         up = URL(config.upstream)
-        self.origin = str(up.origin())
         self.base_path = up.raw_path if up.raw_path.endswith("/") else up.raw_path + "/"
-        self.timeout = aiohttp.ClientTimeout(
-            total=config.timeout, sock_connect=config.connect_timeout
-        )
         ctx = (
             ssl_context(config)
             if up.scheme == "https" or config.tls != TLSConfig()
             else None
         )
-        self._ssl = ctx
         if not config.tls.verify:
             log.warning(
                 "TLS verification is OFF for route %s (tls.verify: false): its upstream and "
@@ -122,7 +117,6 @@ class RouteRuntime:
         self.header: istr | None = None
         #: the injected header's name, lowercased, for filtering the client's copy
         self.header_key: bytes | None = None
-        self.static_value: str | None = None
         #: the static header line, ready to send (static auth only)
         self.static_line: bytes | None = None
         self._auth_cache: tuple[str, bytes] | None = None
@@ -131,7 +125,6 @@ class RouteRuntime:
         self.token_session: aiohttp.ClientSession | None = None
         if isinstance(config.auth, StaticAuth):
             self.header = istr(config.auth.header)
-            self.static_value = config.auth.value
             self.static_line = _header_line(config.auth.header, config.auth.value)
             self.header_key = config.auth.header.lower().encode("latin-1")
         else:
@@ -165,7 +158,6 @@ class RouteRuntime:
         self.m_duration = metrics.request_duration.labels(config.name)
         self.m_upstream = metrics.upstream_duration.labels(config.name)
         self._m_requests = metrics.requests
-        self._m_errors = metrics.proxy_errors
         self._m_retries = metrics.unauthorized_retries
         self._counters: dict[tuple[str, int], Any] = {}
 
@@ -175,9 +167,6 @@ class RouteRuntime:
         if c is None:
             c = self._counters[key] = self._m_requests.labels(self.name, method, str(status))
         c.inc()
-
-    def count_error(self, code: str) -> None:
-        self._m_errors.labels(self.name, code).inc()
 
     def count_retry(self, outcome: str) -> None:
         self._m_retries.labels(self.name, outcome).inc()

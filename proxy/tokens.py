@@ -203,7 +203,6 @@ class TokenManager:
         self._task: asyncio.Task[Token] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._failure: _Failure | None = None
-        self._loaded = False
         self._closed = False
         self.last_refresh: float | None = None
 
