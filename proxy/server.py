@@ -66,6 +66,10 @@ class _HeadTooLarge(Exception):
     """The request line or a header field is longer than ``max_header_size``."""
 
 
+class _Refused(Exception):
+    """A request head the proxy will not forward; the message says why."""
+
+
 def _status_line(status: int, reason: str) -> bytes:
     if not reason:
         try:
@@ -369,7 +373,7 @@ class _Connection(asyncio.Protocol):
             self._stop_reading()
             self._wake()
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
+            if isinstance(exc.__context__, _HeadTooLarge | _Refused):
                 self._failed(BadRequest(str(exc.__context__)))
             else:
                 self._failed(BadRequest("malformed request"))
@@ -450,6 +454,11 @@ class _Connection(asyncio.Protocol):
             if key == _CONTENT_LENGTH:
                 req.content_length = int(value)
             elif key == _TRANSFER_ENCODING:
+                # Only plain chunked: another coding (gzip, chunked) would be re-framed
+                # and lost on the way, and disagreeing framings are how requests are
+                # smuggled past a proxy.
+                if value.strip().lower() != b"chunked":
+                    raise _Refused("only Transfer-Encoding: chunked is accepted")
                 req.chunked = True
             elif key == _EXPECT:
                 req.expect_continue = value.lower() == b"100-continue"

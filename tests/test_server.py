@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 
+import pytest
 from aiohttp import web
 
 from proxy import config as configmod
@@ -327,3 +328,41 @@ async def test_a_body_cut_short_by_a_half_close_is_a_400_and_not_forwarded_whole
     assert json.loads(answer.body)["error"]["code"] == "bad_request"
     assert echo.seen == []  # the upstream never got a complete request
     assert "unexpected error" not in caplog.text
+
+
+async def test_transfer_codings_other_than_chunked_are_refused(echo, start_proxy):
+    proxy = await start_proxy(route(echo.url))
+    for te in (b"gzip, chunked", b"chunked, chunked", b"identity"):
+        conn = await Conn.open(proxy.url)
+        await conn.send(
+            b"POST /api/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + te + b"\r\n\r\n0\r\n\r\n"
+        )
+        answer = await conn.answer()
+        conn.close()
+        assert answer.status == 400, te
+        assert answer.headers["x-authproxy-error"] == "bad_request"
+    assert echo.seen == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+        b"POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 4x\r\n\r\nabcd",
+        b"GET /api/x HTTP/1.1\nHost: h\n\n",
+        b"GET /api/x y HTTP/1.1\r\nHost: h\r\n\r\n",
+    ],
+    ids=["cl-and-te", "two-lengths", "bad-length", "bare-lf", "space-in-target"],
+)
+async def test_ambiguous_framing_is_refused_and_nothing_is_forwarded(echo, start_proxy, raw):
+    proxy = await start_proxy(route(echo.url))
+    conn = await Conn.open(proxy.url)
+    await conn.send(raw)
+    answer = await conn.answer()
+    conn.close()
+    assert answer.status == 400
+    assert answer.headers["x-authproxy-error"] == "bad_request"
+    await asyncio.sleep(0.05)
+    assert echo.seen == []
