@@ -28,7 +28,6 @@ from proxy.tokens import Token, TokenManager
 from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
-
     from proxy.metrics import Metrics
     from proxy.stores import TokenStore
 
@@ -94,11 +93,7 @@ class RouteRuntime:
         self.name = config.name
         up = URL(config.upstream)
         self.base_path = up.raw_path if up.raw_path.endswith("/") else up.raw_path + "/"
-        ctx = (
-            ssl_context(config)
-            if up.scheme == "https" or config.tls != TLSConfig()
-            else None
-        )
+        ctx = ssl_context(config) if up.scheme == "https" or config.tls != TLSConfig() else None
         if not config.tls.verify:
             log.warning(
                 "TLS verification is OFF for route %s (tls.verify: false): its upstream and "
