@@ -127,5 +127,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A default aiohttp client, for tests that talk to token endpoints directly."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
 async def json_of(resp: aiohttp.ClientResponse) -> Any:
     return json.loads(await resp.read())

@@ -58,12 +58,6 @@ async def endpoint() -> AsyncIterator[Endpoint]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def flow(
     text: str, url: str, session: aiohttp.ClientSession, clock: ManualClock, **env: str
 ) -> LoginFlow:

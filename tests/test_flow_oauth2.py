@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -59,12 +58,6 @@ async def endpoint() -> AsyncIterator[TokenEndpoint]:
     state.url = f"http://127.0.0.1:{port}/oauth/token"
     yield state
     await runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def auth_of(text: str, **env: str) -> Any:
