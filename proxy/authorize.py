@@ -33,11 +33,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from proxy.config import Config, RefreshTokenAuth, RouteConfig, TLSConfig
+from proxy.flows.client import TokenClient
 from proxy.flows.client_credentials import client_fields, oauth2_token
 from proxy.flows.http import request_json
 from proxy.route import auth_fingerprint, ssl_context
@@ -288,13 +288,10 @@ async def _exchange(
     form = {k: str(v) for k, v in fields.items()}
     up = URL(auth.token_url)
     ctx = ssl_context(route) if up.scheme == "https" or route.tls != TLSConfig() else None
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx if ctx is not None else True),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        timeout=aiohttp.ClientTimeout(total=route.token_timeout),
-    ) as session:
-        data = await request_json(session, "POST", auth.token_url, headers=headers, form=form)
+    client = TokenClient(
+        ssl_context=ctx, timeout=route.token_timeout, connect_timeout=route.connect_timeout
+    )
+    data = await request_json(client, "POST", auth.token_url, headers=headers, form=form)
     return oauth2_token(data, now=time.time(), default_ttl=auth.default_ttl, how="authorize")
 
 

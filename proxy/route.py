@@ -3,7 +3,7 @@
 Work that can be done once per route is done here, at start-up or reload, and
 never per request: the upstream URL pieces and Host header, the TLS context, the
 pool of keep-alive upstream connections, the injected header line, the token
-manager (with its own aiohttp session for the token endpoint) and the metric
+manager (with its own client for the token endpoint) and the metric
 children.
 """
 
@@ -16,7 +16,6 @@ import ssl
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from multidict import istr
 from yarl import URL
 
@@ -24,6 +23,7 @@ from proxy.clock import Clock
 from proxy.config import RouteConfig, StaticAuth, TLSConfig
 from proxy.errors import TokenUnavailable
 from proxy.flows import build_source
+from proxy.flows.client import TokenClient
 from proxy.tokens import Token, TokenManager
 from proxy.upstream import UpstreamPool
 
@@ -117,23 +117,18 @@ class RouteRuntime:
         self._auth_cache: tuple[str, bytes] | None = None
         self.inject_format = config.inject.format
         self.manager: TokenManager | None = None
-        self.token_session: aiohttp.ClientSession | None = None
+        self.token_client: TokenClient | None = None
         if isinstance(config.auth, StaticAuth):
             self.header = istr(config.auth.header)
             self.static_line = _header_line(config.auth.header, config.auth.value)
             self.header_key = config.auth.header.lower().encode("latin-1")
         else:
-            token_timeout = aiohttp.ClientTimeout(
-                total=config.token_timeout,
-                sock_connect=min(config.connect_timeout, config.token_timeout),
+            self.token_client = TokenClient(
+                ssl_context=ctx,
+                timeout=config.token_timeout,
+                connect_timeout=config.connect_timeout,
             )
-            self.token_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=ctx if ctx is not None else True),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-                timeout=token_timeout,
-            )
-            source = build_source(config, self.token_session, clock)
+            source = build_source(config, self.token_client, clock)
             if source is not None:
                 self.header = istr(config.inject.header)
                 self.header_key = config.inject.header.lower().encode("latin-1")
@@ -190,5 +185,5 @@ class RouteRuntime:
         if self.manager is not None:
             self.manager.close()
         self.pool.close()
-        if self.token_session is not None:
-            await self.token_session.close()
+        if self.token_client is not None:
+            await self.token_client.close()

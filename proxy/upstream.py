@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import ssl
 from collections.abc import AsyncIterator
 from typing import cast
@@ -29,12 +30,25 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class UpstreamError(Exception):
-    """The exchange failed. ``connect`` tells a refused connection from a broken one."""
+    """The exchange failed. ``connect`` tells a refused connection from a broken one;
+    ``tls`` a failed handshake; ``detail`` is the reason alone (for other wording)."""
 
-    def __init__(self, message: str, *, connect: bool = False, timeout: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        connect: bool = False,
+        timeout: bool = False,
+        tls: bool = False,
+        too_large: bool = False,
+        detail: str = "",
+    ) -> None:
         super().__init__(message)
         self.connect = connect
         self.timeout = timeout
+        self.tls = tls
+        self.too_large = too_large
+        self.detail = detail
 
 
 class UpstreamResponse:
@@ -77,7 +91,7 @@ class UpstreamResponse:
                 return b"".join(parts)
             size += len(chunk)
             if size > limit:
-                raise UpstreamError("answer larger than expected")
+                raise UpstreamError("answer larger than expected", too_large=True)
             parts.append(chunk)
 
     def release(self) -> None:
@@ -132,7 +146,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamError("upstream switched protocols; not supported"))
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"upstream sent a malformed answer ({exc})"))
+            self._fail(
+                UpstreamError(f"upstream sent a malformed answer ({exc})", detail="malformed")
+            )
 
     def eof_received(self) -> bool | None:
         # Only a body framed by neither Content-Length nor chunked encoding ends at EOF.
@@ -333,11 +349,14 @@ class UpstreamPool:
             ) from None
         except ssl.SSLError as exc:
             reason = exc.reason or type(exc).__name__
-            raise UpstreamError(f"TLS with the upstream failed ({reason})", connect=True) from exc
-        except OSError as exc:
             raise UpstreamError(
-                f"cannot connect to the upstream ({exc.strerror or type(exc).__name__})",
-                connect=True,
+                f"TLS with the upstream failed ({reason})", connect=True, tls=True, detail=reason
+            ) from exc
+        except OSError as exc:
+            # uvloop's strerror names the address; the errno alone says what happened
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            raise UpstreamError(
+                f"cannot connect to the upstream ({reason})", connect=True, detail=reason
             ) from exc
         self._all.add(conn)
         return conn

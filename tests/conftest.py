@@ -22,6 +22,7 @@ from aiohttp import web
 from proxy import config as configmod
 from proxy.app import Proxy, create_app
 from proxy.clock import ManualClock
+from proxy.flows.client import TokenClient
 
 
 @dataclass
@@ -128,10 +129,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A default aiohttp client, for tests that talk to token endpoints directly."""
-    async with aiohttp.ClientSession() as s:
-        yield s
+async def token_client() -> AsyncIterator[TokenClient]:
+    """The flows' own HTTP client, for tests that talk to token endpoints directly."""
+    client = TokenClient(ssl_context=None, timeout=10.0, connect_timeout=5.0)
+    yield client
+    await client.close()
 
 
 async def json_of(resp: aiohttp.ClientResponse) -> Any:

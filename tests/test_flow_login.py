@@ -1,8 +1,8 @@
 """The ``login`` flow against a real local token endpoint: templates, response
 mapping, every expiry format, refresh and its fallbacks.
 
-The flow is called directly (it is the unit under test), with a real aiohttp
-session and a real server that records each request and answers what the test
+The flow is called directly (it is the unit under test), with its real token
+client and a real server that records each request and answers what the test
 scripted.
 """
 
@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import jwt
 import pytest
 from aiohttp import web
 
 from proxy import config as configmod
 from proxy.clock import ManualClock
+from proxy.flows.client import TokenClient
 from proxy.flows.login import LoginFlow
 from proxy.tokens import Token, TokenFetchError
 from tests.conftest import serve_app
@@ -59,7 +59,7 @@ async def endpoint() -> AsyncIterator[Endpoint]:
 
 
 def flow(
-    text: str, url: str, session: aiohttp.ClientSession, clock: ManualClock, **env: str
+    text: str, url: str, token_client: TokenClient, clock: ManualClock, **env: str
 ) -> LoginFlow:
     doc = f"""
 routes:
@@ -71,7 +71,7 @@ routes:
     cfg = configmod.parse(doc, env)
     auth = cfg.routes[0].auth
     assert isinstance(auth, configmod.LoginAuth)
-    return LoginFlow("r", auth, session, clock)
+    return LoginFlow("r", auth, token_client, clock)
 
 
 BASIC = """
@@ -96,46 +96,50 @@ BASIC = """
     ],
 )
 async def test_expires_at_formats(
-    value: Any, expected: float, endpoint: Endpoint, session: Any
+    value: Any, expected: float, endpoint: Endpoint, token_client: Any
 ) -> None:
     endpoint.answer("/login", 200, {"data": {"token": "tok-1", "exp": value}})
-    tok = await flow(BASIC, endpoint.url, session, ManualClock(T0), KEY="k").fetch(None)
+    tok = await flow(BASIC, endpoint.url, token_client, ManualClock(T0), KEY="k").fetch(None)
     assert tok.access_token == "tok-1" and tok.how == "login"
     assert tok.expires_at == pytest.approx(expected, abs=0.001)
 
 
 @pytest.mark.parametrize("value", [120, "120", 120.0])
-async def test_expires_in_number_or_string(value: Any, endpoint: Endpoint, session: Any) -> None:
+async def test_expires_in_number_or_string(
+    value: Any, endpoint: Endpoint, token_client: Any
+) -> None:
     text = BASIC.replace("expires_at: data.exp", "expires_in: data.ttl")
     endpoint.answer("/login", 200, {"data": {"token": "tok", "ttl": value}})
-    tok = await flow(text, endpoint.url, session, ManualClock(T0), KEY="k").fetch(None)
+    tok = await flow(text, endpoint.url, token_client, ManualClock(T0), KEY="k").fetch(None)
     assert tok.expires_at == T0 + 120
 
 
-async def test_expiry_preference_order(endpoint: Endpoint, session: Any) -> None:
+async def test_expiry_preference_order(endpoint: Endpoint, token_client: Any) -> None:
     signed = jwt.encode({"exp": int(T0 + 999)}, "k" * 32, algorithm="HS256")
     clock = ManualClock(T0)
     # expires_at wins over the JWT's exp
     endpoint.answer("/login", 200, {"data": {"token": signed, "exp": T0 + 50}})
-    assert (await flow(BASIC, endpoint.url, session, clock, KEY="k").fetch(None)).expires_at == (
-        T0 + 50
-    )
+    assert (
+        await flow(BASIC, endpoint.url, token_client, clock, KEY="k").fetch(None)
+    ).expires_at == (T0 + 50)
     # unreadable expires_at: the JWT's exp, read unverified
     endpoint.answers.clear()
     endpoint.answer("/login", 200, {"data": {"token": signed, "exp": "soon"}})
-    assert (await flow(BASIC, endpoint.url, session, clock, KEY="k").fetch(None)).expires_at == (
-        T0 + 999
-    )
+    assert (
+        await flow(BASIC, endpoint.url, token_client, clock, KEY="k").fetch(None)
+    ).expires_at == (T0 + 999)
     # neither: default_ttl
     endpoint.answers.clear()
     endpoint.answer("/login", 200, {"data": {"token": "opaque"}})
     text = BASIC + "      default_ttl: 90s\n"
-    assert (await flow(text, endpoint.url, session, clock, KEY="k").fetch(None)).expires_at == (
-        T0 + 90
-    )
+    assert (
+        await flow(text, endpoint.url, token_client, clock, KEY="k").fetch(None)
+    ).expires_at == (T0 + 90)
 
 
-async def test_template_is_plain_replacement_never_format(endpoint: Endpoint, session: Any) -> None:
+async def test_template_is_plain_replacement_never_format(
+    endpoint: Endpoint, token_client: Any
+) -> None:
     """Braces in a secret or a JSON body are kept; only the two placeholders change."""
     text = """
       type: login
@@ -151,7 +155,7 @@ async def test_template_is_plain_replacement_never_format(endpoint: Endpoint, se
 """
     endpoint.answer("/login", 200, {"token": "AT1", "rt": "RT1"})
     endpoint.answer("/refresh", 200, {"token": "AT2", "rt": "RT2"})
-    f = flow(text, endpoint.url, session, ManualClock(T0), KEY="s{e}c%r{0}t")
+    f = flow(text, endpoint.url, token_client, ManualClock(T0), KEY="s{e}c%r{0}t")
     first = await f.fetch(None)
     method, path, headers, body = endpoint.seen[0]
     assert (method, path) == ("POST", "/login")
@@ -185,10 +189,10 @@ def prev(rt: str | None = "RT0", rexp: float | None = T0 + 1000) -> Token:
 
 
 async def test_refresh_keeps_refresh_token_when_not_rotated(
-    endpoint: Endpoint, session: Any
+    endpoint: Endpoint, token_client: Any
 ) -> None:
     endpoint.answer("/refresh", 200, {"data": {"new_token": "AT1", "expires_in": 60}})
-    tok = await flow(REFRESHING, endpoint.url, session, ManualClock(T0)).fetch(prev())
+    tok = await flow(REFRESHING, endpoint.url, token_client, ManualClock(T0)).fetch(prev())
     assert (tok.access_token, tok.refresh_token, tok.refresh_expires_at) == (
         "AT1",
         "RT0",
@@ -198,21 +202,21 @@ async def test_refresh_keeps_refresh_token_when_not_rotated(
     assert [s[1] for s in endpoint.seen] == ["/refresh"]
 
 
-async def test_refused_refresh_logs_in_again(endpoint: Endpoint, session: Any) -> None:
+async def test_refused_refresh_logs_in_again(endpoint: Endpoint, token_client: Any) -> None:
     endpoint.answer("/refresh", 401, {"error": {"code": "UNAUTHORIZED"}})
     endpoint.answer(
         "/login", 200, {"data": {"access_token": "AT9", "refresh_token": "RT9", "expires_in": 60}}
     )
-    tok = await flow(REFRESHING, endpoint.url, session, ManualClock(T0)).fetch(prev())
+    tok = await flow(REFRESHING, endpoint.url, token_client, ManualClock(T0)).fetch(prev())
     assert (tok.access_token, tok.refresh_token, tok.how) == ("AT9", "RT9", "login")
     assert [s[1] for s in endpoint.seen] == ["/refresh", "/login"]
 
 
 async def test_expired_refresh_token_logs_in_without_trying(
-    endpoint: Endpoint, session: Any
+    endpoint: Endpoint, token_client: Any
 ) -> None:
     endpoint.answer("/login", 200, {"data": {"access_token": "AT9", "expires_in": 60}})
-    f = flow(REFRESHING, endpoint.url, session, ManualClock(T0))
+    f = flow(REFRESHING, endpoint.url, token_client, ManualClock(T0))
     tok = await f.fetch(prev(rexp=T0 - 5))
     assert tok.how == "login" and [s[1] for s in endpoint.seen] == ["/login"]
     await f.fetch(prev(rt=None))  # no refresh token at all: the same
@@ -220,13 +224,13 @@ async def test_expired_refresh_token_logs_in_without_trying(
 
 
 async def test_failing_refresh_endpoint_backs_off_then_logs_in(
-    endpoint: Endpoint, session: Any
+    endpoint: Endpoint, token_client: Any
 ) -> None:
     """A refresh endpoint that is down is not answered by doubling the load: the
     first failure is raised (the manager backs off); the next attempt logs in."""
     endpoint.answer("/refresh", 503, {"error": "temporarily_unavailable"})
     endpoint.answer("/login", 200, {"data": {"access_token": "AT9", "expires_in": 60}})
-    f = flow(REFRESHING, endpoint.url, session, ManualClock(T0))
+    f = flow(REFRESHING, endpoint.url, token_client, ManualClock(T0))
     with pytest.raises(TokenFetchError) as info:
         await f.fetch(prev())
     assert info.value.retryable and info.value.status == 503
@@ -246,9 +250,9 @@ async def test_failing_refresh_endpoint_backs_off_then_logs_in(
     ],
 )
 async def test_answer_without_token(
-    answer: Any, message: str, endpoint: Endpoint, session: Any
+    answer: Any, message: str, endpoint: Endpoint, token_client: Any
 ) -> None:
     endpoint.answer("/login", 200, answer)
     with pytest.raises(TokenFetchError) as info:
-        await flow(BASIC, endpoint.url, session, ManualClock(T0), KEY="k").fetch(None)
+        await flow(BASIC, endpoint.url, token_client, ManualClock(T0), KEY="k").fetch(None)
     assert info.value.message == message and not info.value.retryable

@@ -75,9 +75,9 @@ def cc(url: str, extra: str = "") -> str:
 {extra}"""
 
 
-async def test_client_credentials_form_body(endpoint: TokenEndpoint, session: Any) -> None:
+async def test_client_credentials_form_body(endpoint: TokenEndpoint, token_client: Any) -> None:
     auth = auth_of(cc(endpoint.url, "      extra: {resource: r1, n: 5}\n"), SECRET="s3cret")
-    tok = await ClientCredentialsFlow("r", auth, session, ManualClock(T0)).fetch(None)
+    tok = await ClientCredentialsFlow("r", auth, token_client, ManualClock(T0)).fetch(None)
     seen = endpoint.seen[0]
     assert seen.headers["Content-Type"] == "application/x-www-form-urlencoded"
     assert seen.form() == {
@@ -92,11 +92,13 @@ async def test_client_credentials_form_body(endpoint: TokenEndpoint, session: An
     assert tok == Token("AT", T0 + 3600, obtained_at=T0, how="client_credentials")
 
 
-async def test_client_credentials_json_and_basic(endpoint: TokenEndpoint, session: Any) -> None:
+async def test_client_credentials_json_and_basic(
+    endpoint: TokenEndpoint, token_client: Any
+) -> None:
     text = cc(endpoint.url, "      body: json\n      client_auth: basic\n")
     auth = auth_of(text, SECRET="p@ss:w rd")
     endpoint.answer = {"access_token": "AT", "expires_in": "60", "token_type": "Bearer"}
-    tok = await ClientCredentialsFlow("r", auth, session, ManualClock(T0)).fetch(None)
+    tok = await ClientCredentialsFlow("r", auth, token_client, ManualClock(T0)).fetch(None)
     seen = endpoint.seen[0]
     assert seen.headers["Content-Type"] == "application/json"
     assert json.loads(seen.body) == {
@@ -110,14 +112,16 @@ async def test_client_credentials_json_and_basic(endpoint: TokenEndpoint, sessio
     assert tok.expires_at == T0 + 60
 
 
-async def test_refresh_token_prefers_the_rotated_one(endpoint: TokenEndpoint, session: Any) -> None:
+async def test_refresh_token_prefers_the_rotated_one(
+    endpoint: TokenEndpoint, token_client: Any
+) -> None:
     text = f"""      type: oauth2_refresh_token
       token_url: {endpoint.url}
       client_id: c
       client_secret: s
       refresh_token: ${{env:RT}}
 """
-    f = RefreshTokenFlow("r", auth_of(text, RT="from-config"), session, ManualClock(T0))
+    f = RefreshTokenFlow("r", auth_of(text, RT="from-config"), token_client, ManualClock(T0))
     endpoint.answer = {"access_token": "A1", "expires_in": 100, "refresh_token": "rotated-1"}
     first = await f.fetch(None)
     assert endpoint.seen[0].form() == {
@@ -133,13 +137,15 @@ async def test_refresh_token_prefers_the_rotated_one(endpoint: TokenEndpoint, se
     assert second.refresh_token == "rotated-1"
 
 
-async def test_refresh_token_missing_needs_consent(endpoint: TokenEndpoint, session: Any) -> None:
+async def test_refresh_token_missing_needs_consent(
+    endpoint: TokenEndpoint, token_client: Any
+) -> None:
     text = f"""      type: oauth2_refresh_token
       token_url: {endpoint.url}
       client_id: c
       client_secret: s
 """
-    f = RefreshTokenFlow("invoiced", auth_of(text), session, ManualClock(T0))
+    f = RefreshTokenFlow("invoiced", auth_of(text), token_client, ManualClock(T0))
     with pytest.raises(NeedsConsent) as info:
         await f.fetch(None)
     assert "authproxy authorize invoiced" in info.value.message
@@ -171,12 +177,12 @@ async def test_error_answers(
     message: str,
     retryable: int,
     endpoint: TokenEndpoint,
-    session: Any,
+    token_client: Any,
 ) -> None:
     endpoint.status, endpoint.answer = status, answer
     auth = auth_of(cc(endpoint.url), SECRET="s3cret")
     with pytest.raises(TokenFetchError) as info:
-        await ClientCredentialsFlow("r", auth, session, ManualClock(T0)).fetch(None)
+        await ClientCredentialsFlow("r", auth, token_client, ManualClock(T0)).fetch(None)
     err = info.value
     assert err.message.startswith(f"token endpoint answered {status}")
     assert err.message.endswith(message)
@@ -190,13 +196,13 @@ async def test_error_answers(
     [("120", 120, 120), ("Wed, 21 Oct 2099 07:28:00 GMT", 3600, 3600), ("nonsense", None, None)],
 )
 async def test_429_retry_after(
-    value: str, low: float | None, high: float | None, endpoint: TokenEndpoint, session: Any
+    value: str, low: float | None, high: float | None, endpoint: TokenEndpoint, token_client: Any
 ) -> None:
     endpoint.status, endpoint.answer = 429, {"error": "slow_down"}
     endpoint.headers = {"Retry-After": value}
     auth = auth_of(cc(endpoint.url), SECRET="s")
     with pytest.raises(TokenFetchError) as info:
-        await ClientCredentialsFlow("r", auth, session, ManualClock(T0)).fetch(None)
+        await ClientCredentialsFlow("r", auth, token_client, ManualClock(T0)).fetch(None)
     assert info.value.retryable
     if low is None:
         assert info.value.retry_after is None
@@ -206,7 +212,7 @@ async def test_429_retry_after(
 
 
 async def test_large_answer_refused_without_content_length(
-    endpoint: TokenEndpoint, session: Any
+    endpoint: TokenEndpoint, token_client: Any
 ) -> None:
     """A chunked answer past 1 MiB is cut off while reading, not buffered whole."""
 
@@ -225,7 +231,7 @@ async def test_large_answer_refused_without_content_length(
     try:
         auth = auth_of(cc(f"http://127.0.0.1:{port}/t"), SECRET="s")
         with pytest.raises(TokenFetchError) as info:
-            await ClientCredentialsFlow("r", auth, session, ManualClock(T0)).fetch(None)
+            await ClientCredentialsFlow("r", auth, token_client, ManualClock(T0)).fetch(None)
         assert info.value.message == "token endpoint answered 200 with more than 1024 KiB; refused"
     finally:
         await runner.cleanup()

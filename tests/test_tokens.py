@@ -287,7 +287,7 @@ SLOW = Fault(status=None, delay=2.0)
         (TRUNCATED, 502, "token_unavailable", "token endpoint answered 200 with invalid or"),
         (BAD_CLIENT, 502, "token_unavailable", "token endpoint answered 401 (invalid_client)"),
         (HUGE, 502, "token_unavailable", "token endpoint answered 200 with more than 1024 KiB"),
-        (None, 503, "token_backoff", "token endpoint unreachable (ClientConnectorError)"),
+        (None, 503, "token_backoff", "token endpoint unreachable (connection refused)"),
     ],
     ids=["500", "slow", "html", "no-token", "truncated", "401", "10MB", "down"],
 )

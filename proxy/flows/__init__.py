@@ -12,27 +12,24 @@ from typing import TYPE_CHECKING
 from proxy.config import ClientCredentialsAuth, LoginAuth, RefreshTokenAuth, RouteConfig
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from proxy.clock import Clock
+    from proxy.flows.client import TokenClient
     from proxy.tokens import TokenSource
 
 
-def build_source(
-    route: RouteConfig, session: aiohttp.ClientSession, clock: Clock
-) -> TokenSource | None:
+def build_source(route: RouteConfig, client: TokenClient, clock: Clock) -> TokenSource | None:
     """The token source for ``route``, or None for ``none``/``static`` auth."""
     auth = route.auth
     if isinstance(auth, ClientCredentialsAuth):
         from proxy.flows.client_credentials import ClientCredentialsFlow
 
-        return ClientCredentialsFlow(route.name, auth, session, clock)
+        return ClientCredentialsFlow(route.name, auth, client, clock)
     if isinstance(auth, RefreshTokenAuth):
         from proxy.flows.refresh_token import RefreshTokenFlow
 
-        return RefreshTokenFlow(route.name, auth, session, clock)
+        return RefreshTokenFlow(route.name, auth, client, clock)
     if isinstance(auth, LoginAuth):
         from proxy.flows.login import LoginFlow
 
-        return LoginFlow(route.name, auth, session, clock)
+        return LoginFlow(route.name, auth, client, clock)
     return None

@@ -1,12 +1,11 @@
-"""What every flow holds: its route's name, its auth settings, a session, a clock."""
+"""What every flow holds: its route's name, its auth settings, a token client, a clock."""
 
 from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-import aiohttp
-
 from proxy.clock import Clock
+from proxy.flows.client import TokenClient
 
 A = TypeVar("A")
 
@@ -17,10 +16,8 @@ class Flow(Generic[A]):
 
     grant: str
 
-    def __init__(
-        self, route_name: str, auth: A, session: aiohttp.ClientSession, clock: Clock
-    ) -> None:
+    def __init__(self, route_name: str, auth: A, client: TokenClient, clock: Clock) -> None:
         self.route = route_name
         self.auth = auth
-        self.session = session
+        self.client = client
         self.clock = clock

@@ -94,12 +94,12 @@ class ClientCredentialsFlow(Flow[ClientCredentialsAuth]):
         fields.update(auth.extra)
         if auth.body == "json":
             data = await request_json(
-                self.session, "POST", auth.token_url, headers=headers, json_body=fields
+                self.client, "POST", auth.token_url, headers=headers, json_body=fields
             )
         else:
             form = {k: _form_value(v) for k, v in fields.items()}
             data = await request_json(
-                self.session, "POST", auth.token_url, headers=headers, form=form
+                self.client, "POST", auth.token_url, headers=headers, form=form
             )
         return oauth2_token(
             data, now=self.clock.time(), default_ttl=auth.default_ttl, how="client_credentials"

@@ -22,9 +22,9 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
-
+from proxy.flows.client import ClientError, TokenClient
 from proxy.tokens import TokenFetchError
 
 #: a token answer is a few KiB at most; anything past this is refused
@@ -35,7 +35,7 @@ _RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
 async def request_json(
-    session: aiohttp.ClientSession,
+    client: TokenClient,
     method: str,
     url: str,
     *,
@@ -47,36 +47,34 @@ async def request_json(
     """Send one token request; the answer's JSON object, or :class:`TokenFetchError`.
 
     ``what`` names the endpoint in messages ("token endpoint", "refresh endpoint").
-    The session's own timeout (the route's ``token_timeout``) bounds the exchange.
+    The client's timeout (the route's ``token_timeout``) bounds the exchange.
     """
     hdrs = {"Accept": "application/json", **(headers or {})}
-    kwargs: dict[str, Any] = {"headers": hdrs, "allow_redirects": False}
+    body: bytes | None = None
     if form is not None:
-        kwargs["data"] = dict(form)
+        body = urlencode(form).encode("ascii")
+        hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
     elif json_body is not None:
-        kwargs["json"] = json_body
+        body = json.dumps(json_body).encode("utf-8")
+        hdrs.setdefault("Content-Type", "application/json")
     try:
-        async with session.request(method, url, **kwargs) as resp:
-            raw = await _read_bounded(resp, what)
-            status = resp.status
-            content_type = resp.content_type
-            retry_after = _retry_after(resp.headers.get("Retry-After"))
-    except TokenFetchError:
-        raise
-    except TimeoutError:
-        raise TokenFetchError(f"{what} did not answer in time") from None
-    except aiohttp.ClientPayloadError:
-        raise TokenFetchError(f"{what} answer was cut short") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise TokenFetchError(f"{what} unreachable ({type(exc).__name__})") from None
-
+        answer = await client.request(method, url, headers=hdrs, body=body, limit=MAX_ANSWER)
+    except ClientError as exc:
+        raise _client_error(exc, what) from None
+    except ValueError:
+        raise TokenFetchError(
+            f"a header of the request to the {what} contains a line break", retryable=False
+        ) from None
+    status = answer.status
+    raw = answer.body
     if not 200 <= status < 300:
+        retry_after = _retry_after(answer.headers.get("retry-after"))
         raise _status_error(status, raw, retry_after, what)
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         head = raw.lstrip()[:1]
-        if "html" in content_type or head == b"<":
+        if "html" in answer.headers.get("content-type", "") or head == b"<":
             raise TokenFetchError(
                 f"{what} answered {status} with HTML, not JSON (check the URL)", status=status,
                 retryable=False,
@@ -95,18 +93,19 @@ async def request_json(
     return data
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, what: str) -> bytes:
-    length = resp.content_length
-    if length is not None and length > MAX_ANSWER:
-        raise _too_large(resp.status, what)
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_ANSWER:
-            raise _too_large(resp.status, what)
-        parts.append(chunk)
-    return b"".join(parts)
+def _client_error(exc: ClientError, what: str) -> TokenFetchError:
+    """A transport failure, worded for the endpoint."""
+    if exc.kind == "timeout":
+        return TokenFetchError(f"{what} did not answer in time")
+    if exc.kind == "too_large":
+        return _too_large(exc.status, what)
+    if exc.kind == "cut":
+        return TokenFetchError(f"{what} answer was cut short")
+    if exc.kind == "tls":
+        return TokenFetchError(f"TLS with the {what} failed ({exc.detail})")
+    if exc.kind == "connect":
+        return TokenFetchError(f"{what} unreachable ({exc.detail.lower()})")
+    return TokenFetchError(f"{what} sent an invalid answer ({exc.detail})")
 
 
 def _too_large(status: int, what: str) -> TokenFetchError:

@@ -22,11 +22,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from proxy.clock import Clock
 from proxy.config import LoginAuth, RequestSpec, ResponseSpec
 from proxy.flows.base import Flow
+from proxy.flows.client import TokenClient
 from proxy.flows.expiry import dig, jwt_exp, parse_instant, parse_lifetime
 from proxy.flows.http import request_json
 from proxy.tokens import Token, TokenFetchError
@@ -76,10 +75,10 @@ class LoginFlow(Flow[LoginAuth]):
         self,
         route_name: str,
         auth: LoginAuth,
-        session: aiohttp.ClientSession,
+        client: TokenClient,
         clock: Clock,
     ) -> None:
-        super().__init__(route_name, auth, session, clock)
+        super().__init__(route_name, auth, client, clock)
         refresh = auth.refresh
         self._refresh_needs_access = refresh is not None and _uses(refresh, ACCESS)
         self._refresh_needs_refresh = refresh is not None and _uses(refresh, REFRESH)
@@ -136,7 +135,7 @@ class LoginFlow(Flow[LoginAuth]):
         form = fill(dict(spec.form), values) if spec.form is not None else None
         body = fill(spec.json, values) if spec.json is not None else None
         data = await request_json(
-            self.session,
+            self.client,
             spec.method,
             fill(spec.url, values),
             headers=headers,

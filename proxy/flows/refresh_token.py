@@ -33,7 +33,7 @@ class RefreshTokenFlow(Flow[RefreshTokenAuth]):
         form = {k: str(v) for k, v in fields.items()}
         try:
             data = await request_json(
-                self.session, "POST", auth.token_url, headers=headers, form=form
+                self.client, "POST", auth.token_url, headers=headers, form=form
             )
         except TokenFetchError as exc:
             if exc.status == 400 and "invalid_grant" in exc.message:
