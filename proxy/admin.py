@@ -1,23 +1,27 @@
 """The admin port: /metrics, /healthz, /readyz, /status.
 
 Separate from the proxy port so that probes and scrapes never compete with, or
-get routed like, application traffic. Nothing here ever shows a token: the
-per-route view is built from a token's expiry and timestamps only.
+get routed like, application traffic. It is served by the same lean server as the
+proxy port (:mod:`proxy.server`), with its own listener and handler; a path other
+than these four is a JSON 404 (``no_route``), a method other than GET or HEAD a 405.
+Nothing here ever shows a token: the per-route view is built from a token's expiry
+and timestamps only.
 """
 
 from __future__ import annotations
 
 import html
+import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from proxy.errors import MethodNotAllowed, NoRoute, ProxyError, error_answer
+from proxy.server import Request
 
 if TYPE_CHECKING:
     from proxy.app import Proxy
-
-PROXY: web.AppKey[Proxy] = web.AppKey("proxy")
-_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _request_counts(proxy: Proxy) -> dict[str, int]:
@@ -82,34 +86,69 @@ def readiness(proxy: Proxy) -> tuple[bool, dict[str, dict[str, Any]]]:
     return ready, routes
 
 
-async def metrics(request: web.Request) -> web.Response:
-    proxy = request.app[PROXY]
-    return web.Response(body=proxy.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+_JSON = b"application/json; charset=utf-8"
+_NO_STORE = (b"Cache-Control", b"no-store")
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"}, headers=_NO_STORE)
+def _json(request: Request, doc: Any, status: int = 200) -> None:
+    body = json.dumps(doc).encode()
+    request.respond(status, [(b"Content-Type", _JSON), _NO_STORE], body)
 
 
-async def readyz(request: web.Request) -> web.Response:
-    proxy = request.app[PROXY]
+def metrics(proxy: Proxy, request: Request) -> None:
+    body = proxy.metrics.render()
+    request.respond(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], body)
+
+
+def healthz(proxy: Proxy, request: Request) -> None:
+    _json(request, {"status": "ok"})
+
+
+def readyz(proxy: Proxy, request: Request) -> None:
     ready, routes = readiness(proxy)
     doc = {"ready": ready, "draining": proxy.draining, "routes": routes}
-    return web.json_response(doc, status=200 if ready else 503, headers=_NO_STORE)
+    _json(request, doc, 200 if ready else 503)
 
 
-async def status(request: web.Request) -> web.Response:
+def status(proxy: Proxy, request: Request) -> None:
     """The per-route view for a person; JSON when the client asks for it."""
-    proxy = request.app[PROXY]
     ready, routes = readiness(proxy)
-    if "application/json" in request.headers.get("Accept", ""):
-        doc = {"ready": ready, "draining": proxy.draining, "routes": routes}
-        return web.json_response(doc, headers=_NO_STORE)
-    return web.Response(
-        text=_status_page(ready, proxy.draining, routes, proxy.clock.time()),
-        content_type="text/html",
-        headers=_NO_STORE,
-    )
+    accept = request.get_header(b"accept") or b""
+    if b"application/json" in accept:
+        _json(request, {"ready": ready, "draining": proxy.draining, "routes": routes})
+        return
+    page = _status_page(ready, proxy.draining, routes, proxy.clock.time())
+    request.respond(200, [(b"Content-Type", b"text/html; charset=utf-8"), _NO_STORE], page.encode())
+
+
+ENDPOINTS: dict[str, Callable[[Proxy, Request], None]] = {
+    "/metrics": metrics,
+    "/healthz": healthz,
+    "/readyz": readyz,
+    "/status": status,
+}
+
+
+def admin_handler(proxy: Proxy) -> Callable[[Request], Awaitable[None]]:
+    """The admin port's request handler, for a :class:`proxy.server.Server`."""
+
+    async def handle(request: Request) -> None:
+        endpoint = ENDPOINTS.get(request.path)
+        try:
+            if endpoint is None:
+                raise NoRoute(f"no admin endpoint at this path; there are {', '.join(ENDPOINTS)}")
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed("the admin endpoints answer GET and HEAD only")
+        except ProxyError as err:
+            code, headers, body = error_answer(err)
+            if err.status == 405:
+                headers.append((b"Allow", b"GET, HEAD"))
+            request.error_code = err.code
+            request.respond(code, headers, body)
+            return
+        endpoint(proxy, request)
+
+    return handle
 
 
 def _ago(epoch: float | None, now: float) -> str:
@@ -165,11 +204,4 @@ def _status_page(ready: bool, draining: bool, routes: dict[str, dict[str, Any]],
     )
 
 
-def admin_app(proxy: Proxy) -> web.Application:
-    app = web.Application()
-    app[PROXY] = proxy
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/status", status)
-    return app
+__all__ = ["ENDPOINTS", "admin_handler", "readiness", "route_states"]

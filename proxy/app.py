@@ -2,7 +2,8 @@
 
 :func:`create_app` is what both the CLI and the tests call. The proxy port is the
 lean server of :mod:`proxy.server` (no router, no middleware chain: the hot path is
-one function); the admin port is an ordinary aiohttp application.
+one function); the admin port is another instance of that server, with the
+handler of :mod:`proxy.admin`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import os
 import time
 from typing import Any
 
-from aiohttp import web
-
-from proxy.admin import admin_app
+from proxy.admin import admin_handler
 from proxy.clock import Clock, SystemClock
 from proxy.config import Config, Listen
 from proxy.errors import (
@@ -56,8 +55,8 @@ class Proxy:
         self.router: Router[RouteRuntime] = Router([])
         self.ready = False
         self.draining = False
-        self._runners: list[web.BaseRunner] = []
         self._server: Server | None = None
+        self._admin: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.proxy_address: Listen | None = None
         self.admin_address: Listen | None = None
@@ -78,20 +77,13 @@ class Proxy:
             max_header_size=limits.max_header_size,
             idle_timeout=limits.idle_timeout,
         )
-        where = self.config.listen
-        if where.path is not None:
-            if os.path.exists(where.path):
-                os.unlink(where.path)
-            await server.listen_unix(where.path)
-            os.chmod(where.path, self.config.unix_socket_mode)
-            self.proxy_address = where
-        else:
-            port = await server.listen_tcp(where.host, where.port)
-            self.proxy_address = Listen(host=where.host, port=port)
+        self.proxy_address = await self._bind(server, self.config.listen)
         if self.config.admin_listen is not None:
-            admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
-            await admin.setup()
-            self._runners.append(admin)
+            admin = self._admin = Server(
+                admin_handler(self),
+                max_header_size=limits.max_header_size,
+                idle_timeout=limits.idle_timeout,
+            )
             self.admin_address = await self._bind(admin, self.config.admin_listen)
         self.ready = True
         for rt in self.routes.values():
@@ -102,21 +94,15 @@ class Proxy:
             extra={"listen": str(self.proxy_address), "routes": list(self.routes)},
         )
 
-    async def _bind(self, runner: web.BaseRunner, where: Listen) -> Listen:
-        site: web.BaseSite
+    async def _bind(self, server: Server, where: Listen) -> Listen:
+        """Listen where the config says; the address bound (the port chosen, for 0)."""
         if where.path is not None:
             if os.path.exists(where.path):
                 os.unlink(where.path)
-            site = web.UnixSite(runner, where.path)
-            await site.start()
+            await server.listen_unix(where.path)
             os.chmod(where.path, self.config.unix_socket_mode)
             return where
-        site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
-        await site.start()
-        port = where.port
-        server: Any = site._server  # aiohttp keeps the bound server here
-        if port == 0 and server is not None:
-            port = server.sockets[0].getsockname()[1]
+        port = await server.listen_tcp(where.host, where.port)
         return Listen(host=where.host, port=port)
 
     async def stop(self) -> None:
@@ -126,9 +112,10 @@ class Proxy:
         if self._server is not None:
             await self._server.shutdown(self.config.shutdown_grace)
             self._server = None
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        if self._admin is not None:
+            # Last: probes see "not ready" until the proxy port has drained.
+            await self._admin.shutdown(1.0)
+            self._admin = None
         for task in list(self._tasks):
             task.cancel()
         for rt in [*self.routes.values(), *self._retired]:

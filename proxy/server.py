@@ -7,7 +7,7 @@ third of the proxy's CPU. The proxy needs far less: the parser's callbacks
 (httptools, the llhttp binding uvicorn uses; never hand-written parsing) fill in
 one :class:`Request`, one task per connection runs the handler for each request
 in order, and an answer goes out as bytes in as few writes as possible. The admin
-port keeps aiohttp: it is not on the hot path. See :mod:`proxy.upstream` for the
+port runs another instance with its own handler. See :mod:`proxy.upstream` for the
 client side, written in the same style.
 
 Flow control both ways: reading pauses while much of a request body is unread (or

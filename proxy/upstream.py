@@ -5,7 +5,7 @@ a cookie jar lookup, a timer context and a connector slot for every request, whi
 costs more CPU than everything else authproxy does for a proxied request together.
 A proxy needs far less: send bytes it already has, parse the answer with a
 well-kept parser (httptools, the llhttp binding uvicorn uses), and stream the body
-with flow control. Token endpoints still use aiohttp: they are not on the hot path.
+with flow control. Token endpoints use it too (:mod:`proxy.flows.client`).
 
 Concurrency: an :class:`UpstreamPool` is used by the tasks of one event loop. A
 connection serves one exchange at a time and returns to the pool only after its

@@ -203,3 +203,24 @@ routes:
     assert status == 200 and doc["routes"]["s"]["token"] == "not needed"
     status, page, _ = await call(http, "GET", proxy.admin_url + "/status")
     assert b"static-key-value-123" not in page and b"<td>static</td>" in page
+
+
+async def test_admin_refuses_unknown_paths_and_methods_in_json(
+    echo: Any, start_proxy: Any, http: aiohttp.ClientSession
+) -> None:
+    """The admin port has four endpoints; anything else gets the contract's JSON error."""
+    proxy = await start_proxy(f"routes:\n  r: {{upstream: {echo.url}/, auth: {{type: none}}}}\n")
+    async with http.get(proxy.admin_url + "/nope?x=1") as resp:
+        assert resp.status == 404
+        assert resp.headers["X-Authproxy-Error"] == "no_route"
+        doc = (await resp.json())["error"]
+        assert doc["code"] == "no_route" and "/metrics" in doc["message"]
+    async with http.post(proxy.admin_url + "/healthz", data=b"x") as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "GET, HEAD"
+        assert (await resp.json())["error"]["code"] == "method_not_allowed"
+    async with http.head(proxy.admin_url + "/healthz") as resp:
+        assert resp.status == 200 and await resp.read() == b""
+    async with http.get(proxy.admin_url + "/healthz?probe=1") as resp:
+        assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        assert resp.headers["Cache-Control"] == "no-store"
