@@ -13,6 +13,7 @@ secret names the key and the variable or file, never the value.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -461,6 +462,22 @@ class _Parser:
         return self.value(data, key, path, conv, default)
 
 
+def _fernet_key(v: Any) -> Secret:
+    """A Fernet key: 32 bytes in url-safe base64. Checked here, so that ``check``
+    finds a bad key, without importing cryptography (only the store needs it)."""
+    key = Secret(_as_str(v))
+    try:
+        raw = base64.urlsafe_b64decode(key.strip().encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(
+            "is not a Fernet key (32 url-safe base64-encoded bytes); make one with: python "
+            "-c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+        )
+    return key
+
+
 def _as_str(v: Any) -> str:
     if isinstance(v, dict | list):
         raise ValueError("must be a string")
@@ -815,9 +832,7 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
         type=p.choice(ts, "type", "token_store", ("memory", "file", "redis"), "memory"),
         path=p.string(ts, "path", "token_store", None),
         url=p.string(ts, "url", "token_store", None),
-        encryption_key=p.value(
-            ts, "encryption_key", "token_store", lambda v: Secret(_as_str(v)), None
-        ),
+        encryption_key=p.value(ts, "encryption_key", "token_store", _fernet_key, None),
         key_prefix=p.string(ts, "key_prefix", "token_store", "authproxy"),
         lock_lease=p.duration(ts, "lock_lease", "token_store", 15.0),
     )

@@ -51,6 +51,21 @@ def test_example_config_explain_masks_secrets() -> None:
             assert value not in result.stdout, name
 
 
+def test_check_refuses_a_malformed_encryption_key_without_showing_it(tmp_path: Path) -> None:
+    """Found by ``check``, before a deploy, not at the first ``serve``."""
+    cfg = tmp_path / "store.yaml"
+    cfg.write_text(
+        "token_store:\n  type: file\n  path: /tmp/t.json\n  encryption_key: ${env:KEY}\n"
+        "routes:\n  a: {upstream: http://127.0.0.1:9/, auth: {type: none}}\n"
+    )
+    result = authproxy("check", "-c", str(cfg), env={"KEY": "hunter2-not-a-key"})
+    assert result.returncode == 2
+    assert f"{cfg}:4: token_store.encryption_key: is not a Fernet key" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    good = "x" * 43 + "="  # 32 bytes in url-safe base64
+    assert authproxy("check", "-c", str(cfg), env={"KEY": good}).returncode == 0
+
+
 def test_check_lists_every_error_and_exits_2(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(
