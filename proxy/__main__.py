@@ -77,11 +77,28 @@ async def _serve(config: configmod.Config, config_path: str) -> int:
         reloader.start()
     await stop.wait()
     log.info(
-        "shutting down: finishing in-flight requests", extra={"grace_s": config.shutdown_grace}
+        "shutting down: finishing in-flight requests (a second signal stops at once)",
+        extra={"grace_s": config.shutdown_grace},
     )
     if reloader is not None:
         reloader.stop()
-    await proxy.stop()
+    stopping = asyncio.ensure_future(proxy.stop())
+
+    def now() -> None:
+        if not stopping.done():
+            log.warning("second signal: stopping now; requests still in flight are cut")
+            stopping.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, now)
+    try:
+        await stopping
+    except asyncio.CancelledError:
+        if not stopping.cancelled():
+            raise  # this task itself was cancelled, not the shutdown
+        await proxy.abort()
+        log.info("stopped")
+        return EXIT_FAIL
     log.info("stopped")
     return EXIT_OK
 

@@ -123,6 +123,20 @@ class Proxy:
         self._retired.clear()
         await self.store.close()
 
+    async def abort(self) -> None:
+        """Close everything at once (a second SIGTERM): in-flight requests are cut."""
+        self.ready = False
+        self.draining = True
+        for server in (self._server, self._admin):
+            if server is not None:
+                await server.shutdown(0.0)
+        self._server = self._admin = None
+        for task in list(self._tasks):
+            task.cancel()
+        for rt in [*self.routes.values(), *self._retired]:
+            await rt.close()
+        await self.store.close()
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)  # keep a reference until done

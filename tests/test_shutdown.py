@@ -38,6 +38,8 @@ async def slow_upstream() -> AsyncIterator[str]:
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/slow"):
             await asyncio.sleep(1.0)
+        elif request.path.startswith("/hang"):
+            await asyncio.sleep(30.0)
         return web.Response(body=BODY)
 
     app = web.Application()
@@ -163,3 +165,47 @@ routes:
     assert len(completed) >= fast_before + 20
     assert "ClientConnectorError" in refused
     assert "shutting down" in log and '"stopped"' in log
+
+
+async def test_a_second_sigterm_stops_at_once(tmp_path: Path, slow_upstream: str) -> None:
+    """The first signal drains for up to shutdown_grace (60 s here); an operator who
+    sends another does not want to wait for it."""
+    port, admin_port = free_port(), free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"""listen: 127.0.0.1:{port}
+admin_listen: 127.0.0.1:{admin_port}
+shutdown_grace: 60s
+routes:
+  up: {{prefix: /up/, upstream: {slow_upstream}/, auth: {{type: none}}}}
+"""
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(cfg),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        try:
+            await wait_ready(http, f"http://127.0.0.1:{admin_port}", proc)
+            hung = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/up/hang"))
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert proc.returncode is None, "the first signal must drain, not exit"
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), timeout=10)
+            took = time.monotonic() - sent
+            with pytest.raises(aiohttp.ClientError):
+                async with await hung as r:
+                    await r.read()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    assert code == 1, log
+    assert took < 3, f"exit took {took:.1f}s after the second signal"
+    assert "second signal: stopping now" in log and "Traceback" not in log
