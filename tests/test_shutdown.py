@@ -64,17 +64,27 @@ async def wait_ready(
     raise AssertionError("authproxy did not become ready")
 
 
-async def test_sigterm_under_load_finishes_accepted_requests_and_exits_0(
-    tmp_path: Path, slow_upstream: str
-) -> None:
+async def reap(proc: asyncio.subprocess.Process) -> str:
+    """Kill the process if it still runs; what it wrote to stderr."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    assert proc.stderr is not None
+    return (await proc.stderr.read()).decode()
+
+
+async def start_serve(
+    tmp_path: Path, upstream: str, *, grace: str
+) -> tuple[asyncio.subprocess.Process, int, int]:
+    """``authproxy serve`` as a process, one route /up/ to ``upstream``."""
     port, admin_port = free_port(), free_port()
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
         f"""listen: 127.0.0.1:{port}
 admin_listen: 127.0.0.1:{admin_port}
-shutdown_grace: 6s
+shutdown_grace: {grace}
 routes:
-  up: {{prefix: /up/, upstream: {slow_upstream}/, auth: {{type: none}}}}
+  up: {{prefix: /up/, upstream: {upstream}/, auth: {{type: none}}}}
 """
     )
     proc = await asyncio.create_subprocess_exec(
@@ -82,6 +92,13 @@ routes:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
+    return proc, port, admin_port
+
+
+async def test_sigterm_under_load_finishes_accepted_requests_and_exits_0(
+    tmp_path: Path, slow_upstream: str
+) -> None:
+    proc, port, admin_port = await start_serve(tmp_path, slow_upstream, grace="6s")
     base, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     # A fresh connection per request: each one is either accepted or refused.
     connector = aiohttp.TCPConnector(force_close=True, limit=0)
@@ -152,11 +169,7 @@ routes:
             code = await asyncio.wait_for(proc.wait(), timeout=8)
             took = time.monotonic() - sent
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert proc.stderr is not None
-    log = (await proc.stderr.read()).decode()
+            log = await reap(proc)
     assert code == 0, log
     assert took < 6, f"exit took {took:.1f}s, past shutdown_grace"
     # All 20 slow requests, accepted before SIGTERM, completed; the refused ones
@@ -170,21 +183,7 @@ routes:
 async def test_a_second_sigterm_stops_at_once(tmp_path: Path, slow_upstream: str) -> None:
     """The first signal drains for up to shutdown_grace (60 s here); an operator who
     sends another does not want to wait for it."""
-    port, admin_port = free_port(), free_port()
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        f"""listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin_port}
-shutdown_grace: 60s
-routes:
-  up: {{prefix: /up/, upstream: {slow_upstream}/, auth: {{type: none}}}}
-"""
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "-c", str(cfg),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    proc, port, admin_port = await start_serve(tmp_path, slow_upstream, grace="60s")
     async with aiohttp.ClientSession() as http:
         try:
             await wait_ready(http, f"http://127.0.0.1:{admin_port}", proc)
@@ -201,11 +200,7 @@ routes:
                 async with await hung as r:
                     await r.read()
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert proc.stderr is not None
-    log = (await proc.stderr.read()).decode()
+            log = await reap(proc)
     assert code == 1, log
     assert took < 3, f"exit took {took:.1f}s after the second signal"
     assert "second signal: stopping now" in log and "Traceback" not in log
