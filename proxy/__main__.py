@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -44,12 +45,12 @@ def _load(path: str | None) -> configmod.Config | None:
 # -- serve ----------------------------------------------------------------------------
 
 
-async def _serve(config: configmod.Config, config_path: str) -> int:
+async def _serve(config: configmod.Config, config_path: str, worker: int | None = None) -> int:
     from proxy.app import create_app
     from proxy.stores import StoreError
 
     try:
-        proxy = create_app(config)
+        proxy = create_app(config, reuse_port=worker is not None)
     except StoreError as exc:
         print(f"authproxy: token store: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -72,7 +73,14 @@ async def _serve(config: configmod.Config, config_path: str) -> int:
     except ImportError:
         pass
     else:
-        reloader = Reloader(proxy, config_path)
+        adjust = None
+        if worker is not None:
+            from proxy.workers import worker_config
+
+            def adjust(c: configmod.Config) -> configmod.Config:
+                return worker_config(c, worker)
+
+        reloader = Reloader(proxy, config_path, adjust=adjust)
         loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
         reloader.start()
     await stop.wait()
@@ -109,6 +117,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
+    index = os.environ.get("AUTHPROXY_WORKER")
+    if index is not None:  # started by the supervisor of `serve --workers`
+        from proxy.workers import become_worker, worker_config
+
+        become_worker(int(index))
+        return run(_serve(worker_config(config, int(index)), path, worker=int(index)))
+    if args.workers != 1:
+        from proxy.workers import supervise
+
+        argv = [sys.executable, "-m", "proxy", "serve", "-c", os.path.abspath(path)]
+        argv += ["--log-format", args.log_format, "--log-level", args.log_level]
+        return supervise(config, argv, args.workers)
     return run(_serve(config, path))
 
 
@@ -230,6 +250,14 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[common], help="run the proxy")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.environ.get("AUTHPROXY_WORKERS", "1"),
+        metavar="N",
+        help="N processes on the listen port (SO_REUSEPORT), sharing tokens and metrics "
+        "(default: $AUTHPROXY_WORKERS, then 1)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -24,16 +24,6 @@ if TYPE_CHECKING:
     from proxy.app import Proxy
 
 
-def _request_counts(proxy: Proxy) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for family in proxy.metrics.requests.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                route = sample.labels.get("route", "")
-                counts[route] = counts.get(route, 0) + int(sample.value)
-    return counts
-
-
 def route_states(proxy: Proxy) -> dict[str, dict[str, Any]]:
     """Per route: whether a token is held or obtainable, its expiry, the last error.
 
@@ -41,7 +31,7 @@ def route_states(proxy: Proxy) -> dict[str, dict[str, Any]]:
     expired one that nothing has failed to renew yet.
     """
     now = proxy.clock.time()
-    counts = _request_counts(proxy)
+    counts = proxy.metrics.request_counts()
     out: dict[str, dict[str, Any]] = {}
     for name, rt in proxy.routes.items():
         state: dict[str, Any] = {

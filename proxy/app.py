@@ -45,9 +45,16 @@ class Proxy:
     """One authproxy: the proxy listener, the admin listener, and the routes."""
 
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, store: TokenStore | None = None
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        store: TokenStore | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
+        #: share the proxy port with other processes (``serve --workers``)
+        self.reuse_port = reuse_port
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.store: TokenStore = store or open_store(config.token_store, metrics=self.metrics)
@@ -77,7 +84,7 @@ class Proxy:
             max_header_size=limits.max_header_size,
             idle_timeout=limits.idle_timeout,
         )
-        self.proxy_address = await self._bind(server, self.config.listen)
+        self.proxy_address = await self._bind(server, self.config.listen, self.reuse_port)
         if self.config.admin_listen is not None:
             admin = self._admin = Server(
                 admin_handler(self),
@@ -89,12 +96,14 @@ class Proxy:
         for rt in self.routes.values():
             if rt.manager is not None:
                 self._spawn(self._prime(rt))
+        if self.metrics.shared_dir is not None:
+            self._spawn(self._sync_metrics())
         log.info(
             "authproxy listening",
             extra={"listen": str(self.proxy_address), "routes": list(self.routes)},
         )
 
-    async def _bind(self, server: Server, where: Listen) -> Listen:
+    async def _bind(self, server: Server, where: Listen, reuse_port: bool = False) -> Listen:
         """Listen where the config says; the address bound (the port chosen, for 0)."""
         if where.path is not None:
             if os.path.exists(where.path):
@@ -102,7 +111,7 @@ class Proxy:
             await server.listen_unix(where.path)
             os.chmod(where.path, self.config.unix_socket_mode)
             return where
-        port = await server.listen_tcp(where.host, where.port)
+        port = await server.listen_tcp(where.host, where.port, reuse_port=reuse_port)
         return Listen(host=where.host, port=port)
 
     async def stop(self) -> None:
@@ -141,6 +150,11 @@ class Proxy:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)  # keep a reference until done
         task.add_done_callback(self._tasks.discard)
+
+    async def _sync_metrics(self) -> None:
+        while True:  # cancelled by stop()
+            self.metrics.sync()
+            await asyncio.sleep(1.0)
 
     async def _prime(self, rt: RouteRuntime) -> None:
         assert rt.manager is not None
@@ -337,10 +351,14 @@ def _url_host(host: str) -> str:
 
 
 def create_app(
-    config: Config, *, clock: Clock | None = None, store: TokenStore | None = None
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    store: TokenStore | None = None,
+    reuse_port: bool = False,
 ) -> Proxy:
     """A proxy for ``config``, not started yet (``await proxy.start()``)."""
-    return Proxy(config, clock=clock, store=store)
+    return Proxy(config, clock=clock, store=store, reuse_port=reuse_port)
 
 
 __all__ = ["Proxy", "create_app"]

@@ -143,6 +143,10 @@ _ACCESS_FIELDS = (
 _ACCESS_FREE = frozenset({"method", "path", "request_id"})
 
 
+#: this process's worker number under ``serve --workers``; every line carries it
+WORKER: int | None = None
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, then the record's fields."""
 
@@ -155,6 +159,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
+        if WORKER is not None:
+            doc["worker"] = WORKER
         for k, v in _fields(record).items():
             doc[k] = v if k in _PLAIN else _scrub(v)
         for k, v in _exception(record).items():
@@ -171,6 +177,8 @@ class JsonFormatter(logging.Formatter):
             "logger": "authproxy.access",
             "msg": redact(record.getMessage()),
         }
+        if WORKER is not None:
+            doc["worker"] = WORKER
         for k in _ACCESS_FIELDS:
             if k in d:
                 v = d[k]
@@ -184,6 +192,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
         fields = _fields(record)
+        if WORKER is not None:
+            fields["worker"] = WORKER
         exc = _exception(record)
         if "error" in exc:
             fields["error"] = exc["error"]

@@ -1,15 +1,20 @@
 """Every Prometheus metric authproxy exports, defined once.
 
 Each :class:`Metrics` owns its own registry, so that several proxies can live in
-one process (tests do that). Label values are bounded: route names come from
-the config, methods from a fixed set, codes from HTTP statuses and the
-contract's error codes. No label ever carries a path, a query or a token.
+one process (tests do that). Under ``serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR``
+set by the supervisor), prometheus-client's multiprocess mode is used instead: every
+worker writes its values to files there, and ``/metrics`` adds them up.
+
+Label values are bounded: route names come from the config, methods from a fixed
+set, codes from HTTP statuses and the contract's error codes. No label ever carries
+a path, a query or a token.
 """
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -131,21 +136,33 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        #: prometheus-client's multiprocess directory, under ``serve --workers``
+        self.shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        counter: Any = LoopCounter
+        histogram: Any = LoopHistogram
+        if self.shared_dir is not None:
+            # Values must reach the shared files: the library's own classes do that.
+            def counter(name: str, doc: str, labels: list[str], reg: Any) -> Counter:
+                return Counter(name, doc, labels, registry=reg)
+
+            def histogram(name: str, doc: str, labels: list[str], reg: Any, b: Any) -> Histogram:
+                return Histogram(name, doc, labels, registry=reg, buckets=b)
+
         # The three updated on every request: lock-free (see LoopCounter).
-        self.requests = LoopCounter(
+        self.requests = counter(
             "authproxy_requests_total",
             "Requests answered, by route, method and status code.",
             ["route", "method", "code"],
             r,
         )
-        self.request_duration = LoopHistogram(
+        self.request_duration = histogram(
             "authproxy_request_duration_seconds",
             "Time from request received to response headers sent.",
             ["route"],
             r,
             _LATENCY,
         )
-        self.upstream_duration = LoopHistogram(
+        self.upstream_duration = histogram(
             "authproxy_upstream_duration_seconds",
             "Time the upstream took to answer with headers.",
             ["route"],
@@ -170,6 +187,7 @@ class Metrics:
             "Expiry of the route's current token, in epoch seconds.",
             ["route"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.unauthorized_retries = Counter(
             "authproxy_unauthorized_retries_total",
@@ -182,6 +200,7 @@ class Metrics:
             "Requests being proxied now.",
             ["route"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.proxy_errors = Counter(
             "authproxy_proxy_errors_total",
@@ -215,11 +234,38 @@ class Metrics:
             registry=r,
         )
         self._cache_children: dict[tuple[str, bool], Any] = {}
+        self._inflight: dict[str, Callable[[], float]] = {}
         for outcome in ("success", "error"):
             self.config_reloads.labels(outcome)
 
+    def track_inflight(self, route: str, read: Callable[[], float]) -> None:
+        """Report ``read()`` as the route's in-flight gauge: read at scrape time, or
+        every :meth:`sync` under workers (a scrape cannot call into other processes)."""
+        if self.shared_dir is None:
+            self.inflight.labels(route).set_function(read)
+        else:
+            self._inflight[route] = read
+
+    def sync(self) -> None:
+        """Under workers: write the in-flight gauges to the shared files."""
+        for route, read in list(self._inflight.items()):
+            self.inflight.labels(route).set(read())
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests answered per route (all workers' under ``--workers``)."""
+        counts: dict[str, int] = {}
+        for family in self._registry_for_scrape().collect():
+            if family.name != "authproxy_requests":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    route = sample.labels.get("route", "")
+                    counts[route] = counts.get(route, 0) + int(sample.value)
+        return counts
+
     def forget_route(self, route: str) -> None:
         """Drop a removed route's gauges, so that they do not go on reporting it."""
+        self._inflight.pop(route, None)
         for hit in (True, False):
             self._cache_children.pop((route, hit), None)
         for gauge in (self.token_expiry, self.inflight):
@@ -228,8 +274,17 @@ class Metrics:
             except KeyError:
                 pass
 
+    def _registry_for_scrape(self) -> CollectorRegistry:
+        if self.shared_dir is None:
+            return self.registry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        return merged
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._registry_for_scrape())
 
     # -- TokenEvents ---------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy import config as configmod
@@ -63,10 +64,19 @@ def watched_paths(config_path: str, config: configmod.Config | None) -> list[str
 class Reloader:
     """Reloads ``proxy`` from ``config_path`` on :meth:`trigger` and on file changes."""
 
-    def __init__(self, proxy: Proxy, config_path: str, *, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        proxy: Proxy,
+        config_path: str,
+        *,
+        interval: float = 1.0,
+        adjust: Callable[[configmod.Config], configmod.Config] | None = None,
+    ) -> None:
         self.proxy = proxy
         self.config_path = config_path
         self.interval = interval
+        #: applied to every config loaded (the worker settings of ``serve --workers``)
+        self.adjust = adjust
         self._seen: Snapshot = {}
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[bool]] = set()
@@ -131,6 +141,8 @@ class Reloader:
         counter = self.proxy.metrics.config_reloads
         try:
             new = await asyncio.to_thread(configmod.load, self.config_path)
+            if self.adjust is not None:
+                new = self.adjust(new)
         except configmod.ConfigError as exc:
             counter.labels("error").inc()
             log.error(

@@ -144,7 +144,7 @@ class RouteRuntime:
                 )
         self.inflight = 0
         # Read at scrape time: cheaper than two locked updates per request.
-        metrics.inflight.labels(config.name).set_function(lambda: self.inflight)
+        metrics.track_inflight(config.name, lambda: self.inflight)
         self.m_duration = metrics.request_duration.labels(config.name)
         self.m_upstream = metrics.upstream_duration.labels(config.name)
         self._m_requests = metrics.requests

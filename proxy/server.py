@@ -703,11 +703,17 @@ class Server:
     def protocol(self) -> _Connection:
         return _Connection(self)
 
-    async def listen_tcp(self, host: str, port: int) -> int:
-        """Listen on ``host:port``; returns the port (the one chosen, for port 0)."""
+    async def listen_tcp(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on ``host:port``; returns the port (the one chosen, for port 0).
+        ``reuse_port``: share the port with other processes (``serve --workers``)."""
         loop = asyncio.get_running_loop()
         srv = await loop.create_server(
-            self.protocol, host, port, reuse_address=True, backlog=_BACKLOG
+            self.protocol,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=_BACKLOG,
         )
         self._listeners.append(srv)
         bound: int = srv.sockets[0].getsockname()[1]

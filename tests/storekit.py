@@ -32,7 +32,14 @@ def env_for(extra: dict[str, str] | None = None) -> dict[str, str]:
 class ProxyProcess:
     """``python -m proxy serve -c CONFIG`` on free ports; stopped with SIGTERM."""
 
-    def __init__(self, tmp: Path, name: str, body: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        body: str,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.port = free_port()
         self.admin_port = free_port()
         self.config = tmp / f"{name}.yaml"
@@ -40,6 +47,8 @@ class ProxyProcess:
         self.config.write_text(text + textwrap.dedent(body))
         self.log = tmp / f"{name}.log"
         self.env = env or {}
+        #: more ``serve`` options (``--workers 3``)
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,7 +62,7 @@ class ProxyProcess:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "serve", "-c", str(self.config)],
+                [sys.executable, "-m", "proxy", "serve", "-c", str(self.config), *self.args],
                 cwd=ROOT,
                 env=env_for(self.env),
                 stdout=log,
@@ -120,9 +129,15 @@ class Load:
     ok: int = 0
     failures: list[str] = field(default_factory=list)
 
-    async def run(self, urls: list[str], seconds: float, clients: int = 2) -> None:
+    async def run(
+        self, urls: list[str], seconds: float, clients: int = 2, fresh: bool = False
+    ) -> None:
+        """``fresh``: a new connection per request (so SO_REUSEPORT spreads them)."""
         stop_at = time.monotonic() + seconds
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+        connector = aiohttp.TCPConnector(force_close=fresh)
+        async with aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), connector=connector
+        ) as s:
 
             async def loop(url: str) -> None:
                 while time.monotonic() < stop_at:

@@ -1,0 +1,174 @@
+"""``authproxy serve --workers N``: N processes on one port that behave as one proxy.
+
+Against the strictest fakes (Invoice.ng invalidates a token when it is refreshed;
+the B2B API rotates refresh tokens and revokes the family when a used one comes
+back), workers that fetched tokens on their own would knock each other out. With
+the default memory store, the workers must still make one login per provider and
+one token request per expiry window, and ``/metrics`` must add up every worker's
+counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy.workers import START_GRACE
+from tests.conftest import Echo
+from tests.fakes import B2B, InvoiceNg, serve
+from tests.storekit import ROOT, Load, ProxyProcess, env_for
+from tests.test_stores_redis import assert_one_token_request_per_window, b2b_route
+
+
+def routes(inv_url: str, b2b_url: str, username: str) -> str:
+    # refresh_before 2s with 4 s tokens: a refresh about every 2 s
+    return f"""
+routes:
+  inv:
+    refresh_before: 2s
+    auth: {{preset: invoice_ng, api_key: "${{env:KEY}}", base_url: {inv_url}/v1/}}
+{b2b_route(b2b_url, username)}"""
+
+
+def log_lines(proc: ProxyProcess) -> list[dict[str, object]]:
+    return [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+
+
+def worker_pids(proc: ProxyProcess) -> dict[int, int]:
+    """The latest pid of each worker, from the supervisor's log."""
+    pids: dict[int, int] = {}
+    for line in log_lines(proc):
+        if line.get("msg") == "worker started":
+            pids[int(line["worker_index"])] = int(line["pid"])  # type: ignore[call-overload]
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
+async def test_three_workers_make_one_login_and_count_as_one(tmp_path: Path) -> None:
+    inv, b2b = InvoiceNg(token_ttl=4), B2B(access_ttl=4)
+    async with serve(inv) as inv_url, serve(b2b) as b2b_url:
+        env = {"KEY": inv.api_key, "PASSWORD": b2b.password}
+        proxy = ProxyProcess(
+            tmp_path, "w", routes(inv_url, b2b_url, b2b.username), env, ("--workers", "3")
+        )
+        proxy.start()
+        try:
+            await proxy.wait_healthy()
+            load = Load()
+            urls = [proxy.url + "/inv/invoices", proxy.url + "/b2b/products"]
+            await load.run(urls, seconds=7.0, clients=3, fresh=True)
+            await asyncio.sleep(1.2)  # the in-flight gauges are written every second
+            metrics = await proxy.metrics()
+            pids = worker_pids(proxy)
+            assert len(pids) == 3 and all(alive(p) for p in pids.values())
+        finally:
+            code = proxy.stop()
+    assert code == 0, proxy.logs()[-3000:]
+    assert load.failures == [], load.failures[:5]
+    assert load.ok > 150
+    # one login per provider, one token request per expiry window, across 3 workers
+    for fake in (inv, b2b):
+        assert fake.refreshes >= 2
+        assert_one_token_request_per_window(fake, min_gap=1.0)
+    assert b2b.reuse_detections == 0
+    # every worker served: the kernel spread the connections
+    served = {line.get("worker") for line in log_lines(proxy) if line.get("msg") == "request"}
+    assert served == {0, 1, 2}
+    # /metrics (worker 0's admin port) adds up all three workers
+    assert metric_sum(metrics, "authproxy_requests_total") == load.ok
+    token_requests = len(inv.token_log) + len(b2b.token_log)
+    assert metric_sum(metrics, "authproxy_token_requests_total") == token_requests
+    assert metric_sum(metrics, "authproxy_inflight_requests") == 0
+    # all gone: the workers, and the private store and metrics files
+    assert not any(alive(p) for p in pids.values())
+    assert "all workers stopped" in proxy.logs()
+    assert not [p for p in Path("/dev/shm").glob("authproxy-workers-*") if p.exists()]
+    for secret in (inv.api_key, b2b.password):
+        assert secret not in proxy.logs()
+
+
+async def test_a_worker_that_dies_is_started_again(tmp_path: Path, echo: Echo) -> None:
+    body = f"routes:\n  e: {{upstream: {echo.url}/, auth: {{type: none}}}}\n"
+    proxy = ProxyProcess(tmp_path, "d", body, args=("--workers", "2"))
+    proxy.start()
+    try:
+        await proxy.wait_healthy()
+        before = worker_pids(proxy)
+        await asyncio.sleep(START_GRACE)  # a death sooner than this is a failed start
+        os.kill(before[1], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while worker_pids(proxy).get(1) == before[1] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        after = worker_pids(proxy)
+        assert after[1] != before[1] and after[0] == before[0]
+        load = Load()
+        await load.run([proxy.url + "/e/x"], seconds=1.0, clients=2, fresh=True)
+        assert load.failures == [] and load.ok > 10
+    finally:
+        code = proxy.stop()
+    assert code == 0
+    assert f"worker 1 (pid {before[1]}) exited with code -9; starting it again" in proxy.logs()
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("127.0.0.1:0", "--workers needs a fixed listen port"),
+        ("unix:/tmp/authproxy-workers-test.sock", "--workers needs a TCP listen address"),
+    ],
+)
+def test_workers_refuse_what_cannot_be_shared(tmp_path: Path, listen: str, message: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"listen: {listen}\nroutes:\n  a: {{upstream: http://127.0.0.1:9/, auth: {{type: none}}}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--workers", "2"],
+        cwd=ROOT, env=env_for(), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_a_worker_that_cannot_start_stops_the_set(tmp_path: Path) -> None:
+    """A port taken by another program: restarting would fail the same way forever."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: nobody may share it
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"listen: 127.0.0.1:{port}\nadmin_listen: false\n"
+            "routes:\n  a: {upstream: http://127.0.0.1:9/, auth: {type: none}}\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--workers", "2"],
+            cwd=ROOT, env=env_for(), capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert out.returncode == 1
+    assert "cannot listen" in out.stderr and "stopping all workers" in out.stderr
+    assert "Traceback" not in out.stderr
