@@ -523,9 +523,14 @@ async def test_no_token_in_logs_metrics_or_errors(
     assert status == 502
     async with http.get(proxy.admin_url + "/metrics") as r:
         metrics_text = await r.text()
-    assert 'authproxy_token_requests_total{grant="login",outcome="success",route="b2b"} 3.0' in (
-        metrics_text
-    )
+    # two logins (the second after the revoked refresh), one refresh, one failed login
+    for grant, outcome, count in (
+        ("login", "success", 2),
+        ("login_refresh", "success", 1),
+        ("login", "error", 1),
+    ):
+        sample = f'{{grant="{grant}",outcome="{outcome}",route="b2b"}} {count:.1f}'
+        assert "authproxy_token_requests_total" + sample in metrics_text
     assert len(fake.issued) >= 6
     assert "token" in caplog.text  # the token events were logged, and captured here
     for text in (caplog.text, metrics_text, str(body)):

@@ -86,7 +86,10 @@ class LoginFlow(Flow[LoginAuth]):
         self._refresh_failures = 0
 
     async def fetch(self, previous: Token | None) -> Token:
+        # The metrics label of the request made last: a refresh, or a login.
+        self.grant = "login"
         if previous is not None and self.can_refresh(previous):
+            self.grant = "login_refresh"
             try:
                 tok = await self._send(
                     self.auth.refresh,  # type: ignore[arg-type]
@@ -99,6 +102,7 @@ class LoginFlow(Flow[LoginAuth]):
                 if exc.retryable and self._refresh_failures < 1:
                     self._refresh_failures += 1
                     raise
+                self.grant = "login"
                 log.info(
                     "refresh failed (%s); logging in again",
                     exc.message,
