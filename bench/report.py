@@ -13,7 +13,11 @@ from pathlib import Path
 from bench.procs import rss_kib, tree_pids
 
 DIRECT, NGINX, STATIC, TOKEN = "direct", "nginx", "authproxy-static", "authproxy-token"
-ALL_TARGETS = (DIRECT, NGINX, STATIC, TOKEN)
+#: ``serve --workers N`` on the static route: only with the bench's ``--workers N``,
+#: shown for scale, not checked against the one-process targets
+WORKERS = "authproxy-workers"
+ALL_TARGETS = (DIRECT, NGINX, STATIC, TOKEN, WORKERS)
+DEFAULT_TARGETS = (DIRECT, NGINX, STATIC, TOKEN)
 AUTHPROXY_TARGETS = (STATIC, TOKEN)
 
 # The targets of the performance issue; "nginx" is the nginx measured in the same run.

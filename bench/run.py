@@ -56,10 +56,12 @@ from bench.procs import (
 from bench.report import (
     ALL_TARGETS,
     AUTHPROXY_TARGETS,
+    DEFAULT_TARGETS,
     DIRECT,
     NGINX,
     STATIC,
     TOKEN,
+    WORKERS,
     Target,
     checks,
     checks_table,
@@ -119,8 +121,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--targets",
-        default=",".join(ALL_TARGETS),
-        help=f"comma-separated subset of {','.join(ALL_TARGETS)}",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated subset of {','.join(DEFAULT_TARGETS)}",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"also measure `serve --workers N` on the static route (target {WORKERS})",
     )
     p.add_argument(
         "--authproxy-cmd",
@@ -140,6 +149,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [n for n in names if n not in ALL_TARGETS]
     if unknown or not names:
         p.error(f"unknown targets {unknown}; choose from {', '.join(ALL_TARGETS)}")
+    if args.workers > 1 and WORKERS not in names:
+        names.append(WORKERS)
+    if WORKERS in names and args.workers < 2:
+        p.error(f"target {WORKERS} needs --workers N with N >= 2")
     args.targets = [n for n in ALL_TARGETS if n in names]
     if args.duration < 1 or args.rounds < 1 or args.connections < 1:
         p.error("--duration, --rounds and --connections must be >= 1 (wrk takes whole seconds)")
@@ -226,7 +239,21 @@ def start_targets(
                 route, auth = routes[name]
                 targets[name] = Target(name, f"http://127.0.0.1:{port}/{route}/", pid, auth)
 
-    time.sleep(0.2)
+    if WORKERS in args.targets:
+        if not token_port:
+            token_port = start_token_server(procs, TOKEN_TTL)
+        try:
+            cmd = serve_command(args.authproxy_cmd)
+            extra = ("--workers", str(args.workers))
+            port, pid = start_authproxy(
+                procs, tmp, cmd, up_port, token_port, name="authproxy-workers", extra=extra
+            )
+            base = f"http://127.0.0.1:{port}/static/"
+            targets[WORKERS] = Target(WORKERS, base, pid, "Bearer x")
+        except BenchError as exc:
+            targets[WORKERS] = Target(WORKERS, "", 0, "", failed=str(exc))
+
+    time.sleep(0.5 if WORKERS in targets else 0.2)
     for t in targets.values():
         if t.failed:
             continue

@@ -194,24 +194,31 @@ def serve_help(cmd: list[str]) -> tuple[bool, str]:
 
 
 def start_authproxy(
-    procs: Processes, tmp: Path, cmd: list[str], upstream_port: int, token_port: int
+    procs: Processes,
+    tmp: Path,
+    cmd: list[str],
+    upstream_port: int,
+    token_port: int,
+    *,
+    name: str = "authproxy",
+    extra: tuple[str, ...] = (),
 ) -> tuple[int, int]:
     """Start authproxy; its (port, pid) once /healthz answers 200."""
     ok, help_text = serve_help(cmd)
     if not ok:
         raise BenchError(f"`{shlex.join(cmd)} --help` fails:\n" + help_text[-1500:])
     port, admin = free_port(), free_port()
-    config = tmp / "authproxy.yaml"
+    config = tmp / f"{name}.yaml"
     config.write_text(dump_yaml(authproxy_config(port, admin, upstream_port, token_port)))
-    argv = [*cmd, "-c", str(config)]
+    argv = [*cmd, "-c", str(config), *extra]
     if "--log-level" in help_text:
         argv += ["--log-level", "warning"]
-    proc = procs.start("authproxy", argv, env=child_env())
+    proc = procs.start(name, argv, env=child_env())
     deadline = time.monotonic() + 20
     while True:
         if proc.poll() is not None:
             raise BenchError(
-                f"authproxy exited with status {proc.returncode}:\n{procs.log_tail('authproxy')}"
+                f"authproxy exited with status {proc.returncode}:\n{procs.log_tail(name)}"
             )
         try:
             status, _ = http_get(f"http://127.0.0.1:{admin}/healthz", timeout=1)
@@ -220,9 +227,7 @@ def start_authproxy(
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise BenchError(
-                f"authproxy /healthz not 200 within 20s:\n{procs.log_tail('authproxy')}"
-            )
+            raise BenchError(f"authproxy /healthz not 200 within 20s:\n{procs.log_tail(name)}")
         time.sleep(0.1)
     return port, proc.pid
 

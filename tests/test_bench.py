@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "run.py"
-TARGETS = ("direct", "nginx", "authproxy-static", "authproxy-token")
+TARGETS = ("direct", "nginx", "authproxy-static", "authproxy-token", "authproxy-workers")
 
 
 def have(tool: str) -> bool:
@@ -87,7 +87,7 @@ Transfer/sec:    416.50MB
 def test_quick_bench_prints_the_table_for_every_target() -> None:
     dirs_before, _ = bench_leftovers()
     res = subprocess.run(
-        [sys.executable, str(BENCH), "--quick"],
+        [sys.executable, str(BENCH), "--quick", "--workers", "2"],
         capture_output=True,
         text=True,
         timeout=120,
