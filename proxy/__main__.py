@@ -97,8 +97,16 @@ async def _serve(config: configmod.Config, config_path: str, worker: int | None 
             log.warning("second signal: stopping now; requests still in flight are cut")
             stopping.cancel()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, now)
+    if worker is None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, now)
+    else:
+        # A worker may get SIGTERM twice for one stop (systemd signals the whole
+        # cgroup, and the supervisor passes it on): only SIGUSR1, which the
+        # supervisor sends for a second stop, means "now".
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: None)
+        loop.add_signal_handler(signal.SIGUSR1, now)
     try:
         await stopping
     except asyncio.CancelledError:

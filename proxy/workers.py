@@ -24,7 +24,9 @@ What the workers share, so that N of them behave as one proxy:
   (the token state is shared anyway); if it dies, the supervisor restarts it.
 
 Signals: SIGTERM/SIGINT drain every worker (a second one stops them at once, as
-for a single process); SIGHUP reloads every worker. A worker that exits within
+for a single process: the supervisor sends them SIGUSR1, since a worker may get
+the first SIGTERM twice, from systemd and from the supervisor); SIGHUP reloads
+every worker. A worker that exits within
 its first seconds stops the whole set (a bad port, a bad store: restarting
 would fail the same way); a worker that dies later is restarted.
 """
@@ -182,8 +184,11 @@ class Supervisor:
             if self.signals > sent:
                 if sent == 0:
                     log.info("stopping the workers")
+                    self._send(signal.SIGTERM)
+                else:
+                    log.warning("second signal: stopping the workers now")
+                    self._send(signal.SIGUSR1)
                 sent = self.signals
-                self._send(signal.SIGTERM)
             if self._reload:
                 self._reload = False
                 self._send(signal.SIGHUP)

@@ -20,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from proxy.workers import START_GRACE
 from tests.conftest import Echo
@@ -172,3 +174,63 @@ async def test_a_worker_that_cannot_start_stops_the_set(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "cannot listen" in out.stderr and "stopping all workers" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def slow(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(30.0 if "hang" in request.path else 1.5)
+    return web.Response(body=b"done")
+
+
+async def test_sigterm_to_every_process_drains_and_a_second_one_to_the_supervisor_stops_now(
+    tmp_path: Path, echo: Echo
+) -> None:
+    """systemd's default stop signals the whole cgroup: each worker gets SIGTERM from
+    systemd and again from the supervisor. That is still one stop, a drain; only a
+    second signal to the supervisor cuts what is in flight."""
+    echo.handler = slow
+    body = f"shutdown_grace: 20s\nroutes:\n  e: {{upstream: {echo.url}/, auth: {{type: none}}}}\n"
+    proxy = ProxyProcess(tmp_path, "s", body, args=("--workers", "2"))
+    proxy.start()
+    try:
+        await proxy.wait_healthy()
+        pids = worker_pids(proxy)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+
+            async def get(path: str) -> tuple[int, bytes]:
+                async with s.post(proxy.url + path, data=b"x") as r:
+                    return r.status, await r.read()
+
+            calls = [asyncio.create_task(get(f"/e/slow/{i}")) for i in range(6)]
+            await asyncio.sleep(0.5)
+            assert proxy.proc is not None
+            proxy.proc.send_signal(signal.SIGTERM)
+            for pid in pids.values():
+                os.kill(pid, signal.SIGTERM)
+            assert await asyncio.gather(*calls) == [(200, b"done")] * 6
+            assert proxy.proc.wait(10) == 0
+    finally:
+        proxy.stop()
+    assert "stopping the workers now" not in proxy.logs()
+
+    proxy = ProxyProcess(tmp_path, "n", body, args=("--workers", "2"))
+    proxy.start()
+    try:
+        await proxy.wait_healthy()
+        async with aiohttp.ClientSession() as s:
+            hung = asyncio.create_task(s.get(proxy.url + "/e/hang"))
+            await asyncio.sleep(0.5)
+            assert proxy.proc is not None
+            proxy.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert proxy.proc.poll() is None, "the first signal drains"
+            began = time.monotonic()
+            proxy.proc.send_signal(signal.SIGTERM)
+            code = proxy.proc.wait(10)
+            took = time.monotonic() - began
+            with pytest.raises(aiohttp.ClientError):
+                async with await hung as r:
+                    await r.read()
+    finally:
+        proxy.stop()
+    assert code == 1 and took < 3, (code, took)
+    assert "stopping the workers now" in proxy.logs()
