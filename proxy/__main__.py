@@ -67,6 +67,11 @@ async def _serve(config: configmod.Config, config_path: str, worker: int | None 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if worker is not None:
+        from proxy.workers import stop_requested
+
+        if stop_requested():
+            stop.set()
     reloader = None
     try:
         from proxy.reload import Reloader

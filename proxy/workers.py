@@ -92,10 +92,22 @@ def worker_config(config: configmod.Config, index: int) -> configmod.Config:
     return config
 
 
+#: a stop signal arrived before the worker's event loop took the signals over
+_early_stop: list[int] = []
+
+
+def stop_requested() -> bool:
+    """Whether SIGTERM/SIGINT came while the worker was still starting."""
+    return bool(_early_stop)
+
+
 def become_worker(index: int) -> None:
-    """In a worker process, at start: die with the supervisor, tag every log line."""
+    """In a worker process, at start: die with the supervisor, tag every log line,
+    and keep a stop signal that comes before serving starts (not die of it)."""
     from proxy import logs
 
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: _early_stop.append(signum))
     logs.WORKER = index
     parent = int(os.environ.get(ENV_SUPERVISOR, "0"))
     try:
@@ -251,4 +263,4 @@ def supervise(config: configmod.Config, argv: Sequence[str], workers: int) -> in
     return Supervisor(config, argv, workers).run()
 
 
-__all__ = ["become_worker", "supervise", "worker_config"]
+__all__ = ["become_worker", "stop_requested", "supervise", "worker_config"]

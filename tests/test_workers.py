@@ -54,6 +54,15 @@ def worker_pids(proc: ProxyProcess) -> dict[int, int]:
     return pids
 
 
+async def all_listening(proc: ProxyProcess, workers: int) -> None:
+    """Until every worker has bound the port (the admin port is worker 0's alone)."""
+    for _ in range(200):
+        if sum(1 for x in log_lines(proc) if x.get("msg") == "authproxy listening") >= workers:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(proc.logs())
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -193,6 +202,7 @@ async def test_sigterm_to_every_process_drains_and_a_second_one_to_the_superviso
     proxy.start()
     try:
         await proxy.wait_healthy()
+        await all_listening(proxy, 2)
         pids = worker_pids(proxy)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
 
