@@ -22,7 +22,7 @@ from proxy.errors import BodyTooLarge, ProxyError, UpstreamTimeout, UpstreamUnav
 from proxy.logs import Exchange
 from proxy.route import RouteRuntime
 from proxy.routing import Match, join_upstream
-from proxy.server import Request
+from proxy.server import Deadlines, Request
 from proxy.tokens import Token
 from proxy.upstream import UpstreamError, UpstreamResponse
 
@@ -247,14 +247,29 @@ async def forward(
             ex.token_fetched = True
         auth_line = route.auth_line(token)
 
-    # The whole exchange has one deadline. A bare loop timer that cancels this task
-    # does what asyncio.timeout() does, at a fraction of its per-request cost.
-    task = asyncio.current_task()
-    assert task is not None
-    deadline = asyncio.get_running_loop().call_later(config.timeout, _expire, ex, task)
+    # The whole exchange has one deadline, which cancels this task: what
+    # asyncio.timeout() does, at a fraction of its per-request cost (see Deadlines).
+    task = request.task  # the handler runs in its connection's task
+    if task is None:
+        task = asyncio.current_task()
+        assert task is not None
+    wheel = _wheel
+    if wheel is None or wheel.loop is not task.get_loop():
+        wheel = _new_wheel(task.get_loop())
+    deadline = wheel.add(config.timeout, ex, task)
     try:
         head = request_head(request, route, target, ex.request_id, auth_line, framing)
-        resp = await _send(request, route, head, body, streamed, ex)
+        # The first send, inline (see _send, which the replay uses).
+        started = time.perf_counter()
+        try:
+            resp = await route.pool.request(
+                request.method, head, body, chunked=streamed is not None and b"chunked" in head
+            )
+        except UpstreamError as exc:
+            raise _send_failed(exc, route, streamed) from exc
+        elapsed = time.perf_counter() - started
+        route.m_upstream.observe(elapsed)
+        ex.upstream_s += elapsed
         if resp.status == 401 and token is not None and manager is not None:
             if config.retry_on_401:
                 resp = await _replay_401(
@@ -262,7 +277,8 @@ async def forward(
                 )
                 token = None
         ex.bytes_in = len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
-        await _stream_back(request, route, resp, ex)
+        if not _answer_start(request, route, resp, ex):
+            await _stream_rest(request, route, resp, ex)
     except asyncio.CancelledError:
         if not ex.timed_out:
             raise  # cancelled by someone else (shutdown): not ours to swallow
@@ -274,12 +290,24 @@ async def forward(
             f"upstream did not answer within {config.timeout:g}s", route=route.name
         ) from None
     finally:
-        deadline.cancel()
+        deadline.pop(ex, None)
 
 
 def _expire(ex: Exchange, task: asyncio.Task[Any]) -> None:
     ex.timed_out = True
     task.cancel()
+
+
+#: the exchange deadlines of the running loop
+_wheel: Deadlines[Exchange, asyncio.Task[Any]] | None = None
+
+
+def _new_wheel(loop: asyncio.AbstractEventLoop) -> Deadlines[Exchange, asyncio.Task[Any]]:
+    # Another loop than the last one (tests run many): deadlines already added stay
+    # with the old wheel, whose timers still fire on their own loop.
+    global _wheel
+    _wheel = Deadlines(loop, _expire)
+    return _wheel
 
 
 async def _replay_401(
@@ -326,20 +354,23 @@ async def _send(
         resp = await route.pool.request(
             request.method, head, body, chunked=streamed is not None and b"chunked" in head
         )
-    except BodyTooLarge:
-        raise
     except UpstreamError as exc:
-        if streamed is not None and streamed.too_large:
-            raise BodyTooLarge(
-                f"the request body is larger than {streamed.limit} bytes", route=route.name
-            ) from exc
-        if exc.timeout:
-            raise UpstreamTimeout(str(exc), route=route.name) from exc
-        raise UpstreamUnavailable(str(exc), route=route.name) from exc
+        raise _send_failed(exc, route, streamed) from exc
     elapsed = time.perf_counter() - started
     route.m_upstream.observe(elapsed)
     ex.upstream_s += elapsed
     return resp
+
+
+def _send_failed(exc: UpstreamError, route: RouteRuntime, streamed: _Body | None) -> ProxyError:
+    """The error to answer for a failed send."""
+    if streamed is not None and streamed.too_large:
+        return BodyTooLarge(
+            f"the request body is larger than {streamed.limit} bytes", route=route.name
+        )
+    if exc.timeout:
+        return UpstreamTimeout(str(exc), route=route.name)
+    return UpstreamUnavailable(str(exc), route=route.name)
 
 
 def _cut(request: Request, route: RouteRuntime, why: str) -> None:
@@ -351,33 +382,54 @@ def _cut(request: Request, route: RouteRuntime, why: str) -> None:
         transport.abort()
 
 
-async def _stream_back(
+def _answer_start(
     request: Request,
     route: RouteRuntime,
     resp: UpstreamResponse,
     ex: Exchange,
-) -> None:
+) -> bool:
+    """Write the answer's head; True when that was all of the answer (or the client is
+    gone), False when the rest of the body is to be streamed (:func:`_stream_rest`)."""
     headers, length = response_headers(resp)
     try:
         if request.method == "HEAD":
             request.start(resp.status, resp.reason, headers, length=length, end=True)
         else:
-            # When the body is here already, its first chunk goes out in the same write
-            # as the headers (one syscall fewer), and all of it when it is all here.
-            # Otherwise the headers go first, so a client of a slow or streaming answer
-            # sees them at once.
-            first = await resp.read() if resp.body_ready else b""
+            # What of the body is here already goes out in the same write as the headers
+            # (one syscall fewer), all of it when it is all here. Otherwise the headers
+            # go first, so a client of a slow or streaming answer sees them at once.
+            first = resp.read_buffered() if resp.body_ready else b""
             ex.bytes_out += len(first)
             end = resp.at_end
             request.start(resp.status, resp.reason, headers, length=length, body=first, end=end)
             if not end:
-                while True:
-                    chunk = await resp.read()
-                    if not chunk:
-                        break
-                    ex.bytes_out += len(chunk)
-                    await request.write(chunk)
-                request.end()
+                return False
+    except ConnectionError:
+        # The client went away: nothing to tell it; free the upstream connection.
+        resp.close()
+        return True
+    except BaseException:
+        resp.close()
+        raise
+    resp.release()
+    return True
+
+
+async def _stream_rest(
+    request: Request,
+    route: RouteRuntime,
+    resp: UpstreamResponse,
+    ex: Exchange,
+) -> None:
+    """The rest of the answer's body, as it comes (flow control both ways)."""
+    try:
+        while True:
+            chunk = await resp.read()
+            if not chunk:
+                break
+            ex.bytes_out += len(chunk)
+            await request.write(chunk)
+        request.end()
     except UpstreamError as exc:
         resp.close()
         if request.started:

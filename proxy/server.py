@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import http
+import itertools
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import cast
+from typing import Generic, TypeVar, cast
 from urllib.parse import unquote
 
 import httptools
@@ -81,6 +82,54 @@ def _status_line(status: int, reason: str) -> bytes:
 
 #: status lines by (status, reason); upstreams send the same few
 _STATUS_LINES: dict[tuple[int, str], bytes] = {}
+
+#: request ids: a random 64-bit start, counted up (os.urandom per request is a syscall)
+_ids = itertools.count(int.from_bytes(os.urandom(8), "big"))
+
+
+def new_request_id() -> str:
+    """A fresh request id for the logs: 16 hex digits, unique within this process and,
+    from its random start, across processes. (Not a secret: a client may choose its own.)"""
+    return "%016x" % (next(_ids) & 0xFFFFFFFFFFFFFFFF)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+#: deadlines fire up to 1/_SLOTS_PER_S seconds late
+_SLOTS_PER_S = 200
+
+
+class Deadlines(Generic[K, V]):
+    """Many deadlines on few loop timers: one per slot of 1/200 s that has deadlines in it.
+
+    ``add(delay, key, value)`` calls ``fire(key, value)`` once ``delay`` seconds have
+    passed (up to 5 ms later), unless ``key`` was popped from the slot it returns first.
+    Arming and cancelling a uvloop timer per request costs several microseconds; a
+    dict entry a fraction of one.
+    """
+
+    __slots__ = ("loop", "_fire", "_slots")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fire: Callable[[K, V], None]) -> None:
+        self.loop = loop
+        self._fire = fire
+        self._slots: dict[int, dict[K, V]] = {}
+
+    def add(self, delay: float, key: K, value: V) -> dict[K, V]:
+        when = int((self.loop.time() + delay) * _SLOTS_PER_S) + 1
+        slot = self._slots.get(when)
+        if slot is None:
+            slot = self._slots[when] = {}
+            self.loop.call_at(when / _SLOTS_PER_S, self._expire, when)
+        slot[key] = value
+        return slot
+
+    def _expire(self, when: int) -> None:
+        slot = self._slots.pop(when, None)
+        if slot:
+            for key, value in list(slot.items()):
+                self._fire(key, value)
 
 
 class Request:
@@ -161,6 +210,16 @@ class Request:
     @property
     def transport(self) -> asyncio.Transport | None:
         return self._conn.transport
+
+    @staticmethod
+    def new_id() -> str:
+        """A fresh request id (see :func:`new_request_id`)."""
+        return new_request_id()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task that runs the handler for this request (its connection's)."""
+        return self._conn._task
 
     @property
     def client_gone(self) -> bool:
@@ -317,6 +376,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.peer: str | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.lost = False
@@ -353,7 +413,7 @@ class _Connection(asyncio.Protocol):
         self.peer = peer[0] if isinstance(peer, tuple) and peer else None
         server = self.server
         server.connections.add(self)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._idle_since = loop.time()
         self._timer = loop.call_later(server.idle_timeout, self._check_idle)
         self._task = loop.create_task(self._run())
@@ -505,6 +565,13 @@ class _Connection(asyncio.Protocol):
 
     # -- plumbing -------------------------------------------------------------------------
 
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        # Kept from connection_made: asyncio.get_running_loop() is a getpid() syscall.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -512,7 +579,7 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self) -> None:
         """Until the parser or the transport has news."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._get_loop().create_future()
         try:
             await self._waiter
         finally:
@@ -558,7 +625,7 @@ class _Connection(asyncio.Protocol):
 
     async def drain(self) -> None:
         if self.write_paused and not self.lost:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._get_loop().create_future()
             try:
                 await self._drain
             finally:
@@ -570,7 +637,7 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if self.lost:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._get_loop()
         timeout = self.server.idle_timeout
         delay = timeout
         if self.idle:
@@ -609,33 +676,34 @@ class _Connection(asyncio.Protocol):
             transport.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
-        asyncio.get_running_loop().call_later(_LINGER, transport.abort)
+        self._get_loop().call_later(_LINGER, transport.abort)
 
     # -- the connection's task ---------------------------------------------------------------
 
-    async def _next(self) -> Request | ProxyError | None:
-        loop = asyncio.get_running_loop()
-        while not self._queue:
-            if self._no_more or self.server.draining:
-                return None
-            if not self.idle:
-                self.idle = True
-                self._idle_since = loop.time()
-            await self.wait()
-        self.idle = False
-        item = self._queue.popleft()
-        if self.read_paused:
-            self.maybe_resume()
-        return item
-
     async def _run(self) -> None:
-        handler = self.server.handler
+        server = self.server
+        handler = server.handler
+        queue = self._queue
+        loop = self._get_loop()
         linger = False
         try:
             while True:
-                item = await self._next()
-                if item is None:
-                    break
+                # The next request (inline: a coroutine per request costs).
+                while not queue:
+                    if self._no_more or server.draining:
+                        return
+                    if not self.idle:
+                        self.idle = True
+                        self._idle_since = loop.time()
+                    waiter = self._waiter = loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        self._waiter = None
+                self.idle = False
+                item = queue.popleft()
+                if self.read_paused:
+                    self.maybe_resume()
                 if isinstance(item, ProxyError):
                     linger = True
                     self._answer_error(item)
@@ -678,7 +746,7 @@ class _Connection(asyncio.Protocol):
 
     def _answer_error(self, err: ProxyError, req: Request | None = None) -> None:
         status, headers, body = error_answer(err)
-        headers.append((b"X-Request-Id", os.urandom(8).hex().encode()))
+        headers.append((b"X-Request-Id", new_request_id().encode()))
         if req is None:
             req = Request(self, "GET", "")
         req.respond(status, headers, body, close=True)
@@ -756,4 +824,4 @@ class Server:
         self._listeners.clear()
 
 
-__all__ = ["Request", "Server"]
+__all__ = ["Deadlines", "Request", "Server", "new_request_id"]

@@ -68,6 +68,10 @@ class UpstreamResponse:
         """The next chunk of the body, or b'' at its end. Raises UpstreamError if cut."""
         return await self._conn.read_chunk()
 
+    def read_buffered(self) -> bytes:
+        """All of the body that has arrived and was not read yet, without waiting."""
+        return self._conn.take_buffered()
+
     async def read_all(self, limit: int) -> bytes:
         parts: list[bytes] = []
         size = 0
@@ -99,6 +103,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
@@ -125,6 +130,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -230,8 +236,15 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        # Kept from connection_made: asyncio.get_running_loop() is a getpid() syscall.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def start(self, skip_body: bool) -> asyncio.Future[UpstreamResponse]:
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self._get_loop().create_future()
         self._headers = []
         self._reason = b""
         self._chunks.clear()
@@ -243,14 +256,22 @@ class _Connection(asyncio.Protocol):
         self._close_delimited = True
         return self._head
 
-    async def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        """Write ``data``; the caller awaits ``drain()`` when ``_write_paused`` is set."""
         transport = self.transport
         if transport is None or self.closed:
             raise UpstreamError("upstream connection is closed")
         transport.write(data)
+
+    async def drain(self) -> None:
         if self._write_paused:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._get_loop().create_future()
             await self._drain
+
+    async def write(self, data: bytes) -> None:
+        self.send(data)
+        if self._write_paused:
+            await self.drain()
 
     async def read_chunk(self) -> bytes:
         while True:
@@ -265,11 +286,23 @@ class _Connection(asyncio.Protocol):
                 return b""
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._get_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def take_buffered(self) -> bytes:
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
 
     def finish(self) -> None:
         if self._complete and self._keep_alive and not self.closed and self._error is None:
@@ -366,6 +399,28 @@ class UpstreamPool:
         method with a body still in hand.
         """
         conn = self._take()
+        if conn is not None and (body is None or isinstance(body, bytes)):
+            # The common case, inline (what _exchange does for a body in hand): one
+            # coroutine and one future per request.
+            answer = conn.start(skip_body=method == "HEAD")
+            conn.got_answer = False
+            try:
+                conn.send(head + body if body else head)
+                if conn._write_paused:
+                    await conn.drain()
+                try:
+                    response = await answer
+                except BaseException:
+                    conn.abort()
+                    raise
+            except UpstreamError:
+                if not (method in _IDEMPOTENT and conn.reused and not conn.got_answer):
+                    raise
+            else:
+                conn.got_answer = True
+                return response
+            conn = await self._connect()
+            return await self._exchange(conn, method, head, body, chunked)
         retry_ok = method in _IDEMPOTENT and not isinstance(body, AsyncIterator)
         if conn is None:
             conn = await self._connect()
