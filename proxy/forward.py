@@ -24,17 +24,10 @@ from proxy.route import RouteRuntime
 from proxy.routing import Match, join_upstream
 from proxy.server import Deadlines, Request
 from proxy.tokens import Token
-from proxy.upstream import UpstreamError, UpstreamResponse
+from proxy.upstream import HOP_BY_HOP, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("authproxy.forward")
 
-HOP_BY_HOP = frozenset(
-    h.lower().encode()
-    for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
-        "Trailer", "Trailers", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
-    )
-)  # fmt: skip
 #: never copied from the client: hop-by-hop, the proxy's own, or recomputed below
 REQUEST_DROP = HOP_BY_HOP | {
     b"host", b"expect", b"x-authproxy-token", b"content-length", b"x-request-id",
@@ -112,34 +105,35 @@ def request_head(
 _CONNECTION_VALUES: dict[bytes, frozenset[bytes]] = {}
 
 
-def response_headers(resp: UpstreamResponse) -> tuple[list[tuple[bytes, bytes]], int | None]:
-    """The upstream's headers as the client should see them (duplicates kept), and
-    the Content-Length among them (None when there is none)."""
-    raw = resp.headers
-    listed: frozenset[bytes] = frozenset()
-    keep: list[tuple[bytes, bytes]] = []
-    length: int | None = None
-    for name, value in raw:
-        key = name.lower()
-        if key == b"content-length":
-            length = int(value)
-        elif key in HOP_BY_HOP:
-            if key == b"connection":
-                names = _CONNECTION_VALUES.get(value)
-                if names is None:
-                    # hop-by-hop names are dropped anyway, and "close" is no header name:
-                    # "Connection: keep-alive" then costs no second pass below
-                    names = _listed([value]) - HOP_BY_HOP - {b"close"}
-                    if len(_CONNECTION_VALUES) < 64:
-                        _CONNECTION_VALUES[value] = names
-                listed = listed | names
-            continue
-        keep.append((name, value))
-    if listed:
-        keep = [(name, value) for name, value in keep if name.lower() not in listed]
-        if b"content-length" in listed:
-            length = None
-    return keep, length
+def response_lines(resp: UpstreamResponse) -> tuple[list[bytes], int | None]:
+    """The upstream's header fields as the client should see them (duplicates kept), as
+    the pieces of their lines, and the Content-Length among them (None when none).
+
+    The upstream client set the hop-by-hop fields apart while parsing; here only the
+    fields an answer's ``Connection`` names are left out (a rare second pass).
+    """
+    lines = resp.lines
+    length = resp.content_length
+    if resp.connection is not None:
+        listed: frozenset[bytes] = frozenset()
+        for value in resp.connection:
+            names = _CONNECTION_VALUES.get(value)
+            if names is None:
+                # hop-by-hop names are dropped anyway, and "close" is no header name:
+                # "Connection: keep-alive" then costs no second pass below
+                names = _listed([value]) - HOP_BY_HOP - {b"close"}
+                if len(_CONNECTION_VALUES) < 64:
+                    _CONNECTION_VALUES[value] = names
+            listed = listed | names
+        if listed:
+            kept: list[bytes] = []
+            for i in range(0, len(lines), 4):
+                if lines[i].lower() not in listed:
+                    kept += lines[i : i + 4]
+            lines = kept
+            if b"content-length" in listed:
+                length = None
+    return lines, None if length is None else int(length)
 
 
 class _Body:
@@ -210,7 +204,10 @@ async def forward(
     # The body: buffered when a 401 replay may need it, streamed otherwise.
     body: bytes | AsyncIterator[bytes] | None = None
     streamed: _Body | None = None
-    if request.body_exists:
+    if not (request.chunked or length):  # no body (request.body_exists, inline)
+        # Keep an explicit "Content-Length: 0" (a POST may need it).
+        framing = b"Content-Length: 0\r\n" if length == 0 else b""
+    else:
         may_replay = manager is not None and config.retry_on_401
         if may_replay and length is not None and length <= config.max_replay_body:
             body = await request.read()
@@ -226,17 +223,14 @@ async def forward(
             streamed = _Body(request.content, b"", config.max_body)
         if streamed is not None:
             body = streamed.chunks()
-    if isinstance(body, bytes):
-        framing = b"Content-Length: %d\r\n" % len(body)
-    elif streamed is not None:
-        framing = (
-            b"Content-Length: %d\r\n" % length
-            if length is not None
-            else b"Transfer-Encoding: chunked\r\n"
-        )
-    else:
-        # No body. Keep an explicit "Content-Length: 0" (a POST may need it).
-        framing = b"Content-Length: 0\r\n" if length == 0 else b""
+        if isinstance(body, bytes):
+            framing = b"Content-Length: %d\r\n" % len(body)
+        else:  # streamed
+            framing = (
+                b"Content-Length: %d\r\n" % length
+                if length is not None
+                else b"Transfer-Encoding: chunked\r\n"
+            )
 
     token: Token | None = None
     auth_line = route.static_line
@@ -276,7 +270,10 @@ async def forward(
                     request, route, token, resp, body, streamed, ex, target, framing
                 )
                 token = None
-        ex.bytes_in = len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
+        if isinstance(body, bytes):
+            ex.bytes_in = len(body)
+        elif streamed is not None:
+            ex.bytes_in = streamed.total
         if not _answer_start(request, route, resp, ex):
             await _stream_rest(request, route, resp, ex)
     except asyncio.CancelledError:
@@ -390,18 +387,17 @@ def _answer_start(
 ) -> bool:
     """Write the answer's head; True when that was all of the answer (or the client is
     gone), False when the rest of the body is to be streamed (:func:`_stream_rest`)."""
-    headers, length = response_headers(resp)
+    lines, length = response_lines(resp)
     try:
         if request.method == "HEAD":
-            request.start(resp.status, resp.reason, headers, length=length, end=True)
+            request.start_lines(resp.status, resp.reason, lines, length=length, end=True)
         else:
             # What of the body is here already goes out in the same write as the headers
             # (one syscall fewer), all of it when it is all here. Otherwise the headers
             # go first, so a client of a slow or streaming answer sees them at once.
-            first = resp.read_buffered() if resp.body_ready else b""
+            first, end = resp.read_ready()
             ex.bytes_out += len(first)
-            end = resp.at_end
-            request.start(resp.status, resp.reason, headers, length=length, body=first, end=end)
+            request.start_lines(resp.status, resp.reason, lines, length=length, body=first, end=end)
             if not end:
                 return False
     except ConnectionError:

@@ -143,7 +143,7 @@ class Request:
     __slots__ = (
         "method", "raw_path", "raw_headers", "version_10", "keep_alive", "content_length",
         "chunked", "expect_continue", "request_id", "connection", "status", "error_code",
-        "started", "finished", "_conn", "_chunks", "_buffered", "_complete", "_done",
+        "started", "finished", "task", "_conn", "_chunks", "_buffered", "_complete", "_done",
         "_error", "_out_chunked", "_headers",
     )  # fmt: skip
 
@@ -168,6 +168,8 @@ class Request:
         self.error_code = ""
         self.started = False
         self.finished = False
+        #: the task that runs the handler for this request (its connection's)
+        self.task = conn._task
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -215,11 +217,6 @@ class Request:
     def new_id() -> str:
         """A fresh request id (see :func:`new_request_id`)."""
         return new_request_id()
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The task that runs the handler for this request (its connection's)."""
-        return self._conn._task
 
     @property
     def client_gone(self) -> bool:
@@ -296,6 +293,24 @@ class Request:
         an HTTP/1.0 client). ``end`` finishes the answer with this write.
         ``close`` ends the connection after this answer.
         """
+        lines: list[bytes] = []
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        self.start_lines(status, reason, lines, length=length, body=body, end=end, close=close)
+
+    def start_lines(
+        self,
+        status: int,
+        reason: str,
+        lines: list[bytes],
+        *,
+        length: int | None,
+        body: bytes = b"",
+        end: bool = False,
+        close: bool = False,
+    ) -> None:
+        """:meth:`start` with the header fields already rendered: ``lines`` holds
+        the pieces of their ``Name: value`` lines, and is used up."""
         conn = self._conn
         if self.started:
             raise RuntimeError("the answer was started already")
@@ -306,9 +321,8 @@ class Request:
             line = _status_line(status, reason)
             if len(_STATUS_LINES) < 256:
                 _STATUS_LINES[(status, reason)] = line
-        out = [line]
-        for name, value in headers:
-            out += (name, b": ", value, b"\r\n")
+        out = lines
+        out.insert(0, line)
         if self.method == "HEAD" or status < 200 or status in (204, 304):
             body = b""  # no body whatever the headers say
         elif length is None:
@@ -379,6 +393,8 @@ class _Connection(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.peer: str | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self._max_field = server.max_header_size
+        self._max_head = 32 * server.max_header_size
         self.lost = False
         self.read_paused = False
         self.write_paused = False
@@ -444,7 +460,7 @@ class _Connection(asyncio.Protocol):
                 self._head_bytes += len(data)
                 # Each line is bounded by the callbacks; this bounds how many there are
                 # (httptools buffers a head until it is complete).
-                if self._head_bytes > 32 * self.server.max_header_size:
+                if self._head_bytes > self._max_head:
                     self._failed(BadRequest("the request head is too large"))
 
     def eof_received(self) -> bool | None:
@@ -491,7 +507,7 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.server.max_header_size:
+        if len(self._url) > self._max_field:
             raise _HeadTooLarge(_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -502,11 +518,10 @@ class _Connection(asyncio.Protocol):
                 self, method, self._url.decode("utf-8", "surrogateescape")
             )
         size = len(name) + len(value) + 4
-        max_size = self.server.max_header_size
-        if size - 2 > max_size:
+        if size - 2 > self._max_field:
             raise _HeadTooLarge(_TOO_LONG)
         self._head_fields += size
-        if self._head_fields > 32 * max_size:
+        if self._head_fields > self._max_head:
             raise _HeadTooLarge("the request head is too large")
         req.raw_headers.append((name, value))
         if len(name) in _NOTED_LENGTHS:
@@ -720,8 +735,9 @@ class _Connection(asyncio.Protocol):
                         self._answer_error(ProxyError("internal error in authproxy"), item)
                 self.current = None
                 item._done = True
-                item._chunks.clear()
-                item._buffered = 0
+                if item._chunks:
+                    item._chunks.clear()
+                    item._buffered = 0
                 if self.lost:
                     break
                 if not item.finished:

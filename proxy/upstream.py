@@ -26,6 +26,16 @@ import httptools
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: header fields about one connection, not passed on by a proxy (RFC 9110 7.6.1)
+HOP_BY_HOP = frozenset(
+    h.lower().encode()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+        "Trailer", "Trailers", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
+    )
+)  # fmt: skip
+#: the lengths of the names on_header looks at: a cheap pre-check per header
+_LOOK_LENGTHS = frozenset(len(h) for h in HOP_BY_HOP | {b"content-length"})
 
 
 class UpstreamError(Exception):
@@ -40,17 +50,26 @@ class UpstreamError(Exception):
 class UpstreamResponse:
     """Status and headers of an answer, and its body as a stream of chunks."""
 
-    __slots__ = ("status", "reason", "headers", "_conn", "_done")
+    __slots__ = ("status", "reason", "lines", "content_length", "connection", "_conn", "_done")
 
-    def __init__(
-        self, conn: _Connection, status: int, reason: str, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def __init__(self, conn: _Connection, status: int, reason: str) -> None:
         self.status = status
         self.reason = reason
-        #: raw (name, value) pairs, in order, duplicates kept
-        self.headers = headers
+        #: the fields but the hop-by-hop ones (RFC 9110 7.6.1), in order, duplicates
+        #: kept, as the pieces of their lines: name, b": ", value, b"\r\n", name, ...
+        self.lines = conn._lines
+        #: the (last) Content-Length value as sent, if any
+        self.content_length = conn._length
+        #: the values of the Connection fields, if any
+        self.connection = conn._connection
         self._conn = conn
         self._done = False
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The fields but the hop-by-hop ones, as (name, value) pairs."""
+        lines = self.lines
+        return list(zip(lines[0::4], lines[2::4], strict=True))
 
     @property
     def body_ready(self) -> bool:
@@ -71,6 +90,11 @@ class UpstreamResponse:
     def read_buffered(self) -> bytes:
         """All of the body that has arrived and was not read yet, without waiting."""
         return self._conn.take_buffered()
+
+    def read_ready(self) -> tuple[bytes, bool]:
+        """:meth:`read_buffered`, and whether that was the rest of the body (``at_end``)."""
+        conn = self._conn
+        return conn.take_buffered(), conn._complete
 
     async def read_all(self, limit: int) -> bytes:
         parts: list[bytes] = []
@@ -109,7 +133,9 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         #: an answer's head arrived on this connection for the current exchange
         self.got_answer = False
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._lines: list[bytes] = []
+        self._length: bytes | None = None
+        self._connection: list[bytes] | None = None
         self._reason = b""
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -174,18 +200,29 @@ class _Connection(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        key = name.lower()
-        if key == b"content-length" or (
-            key == b"transfer-encoding" and b"chunked" in value.lower()
-        ):
-            self._close_delimited = False
+        if len(name) in _LOOK_LENGTHS:
+            key = name.lower()
+            if key == b"content-length":
+                self._close_delimited = False
+                self._length = value
+            elif key in HOP_BY_HOP:
+                if key == b"transfer-encoding" and b"chunked" in value.lower():
+                    self._close_delimited = False
+                elif key == b"connection":
+                    if self._connection is None:
+                        self._connection = [value]
+                    else:
+                        self._connection.append(value)
+                return
+        self._lines += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             # An interim answer (102, 103): wait for the final one.
-            self._headers = []
+            self._lines = []
+            self._length = None
+            self._connection = None
             self._reason = b""
             self._close_delimited = True
             return
@@ -196,7 +233,7 @@ class _Connection(asyncio.Protocol):
         head = self._head
         if head is not None and not head.done():
             reason = self._reason.decode("latin-1")
-            head.set_result(UpstreamResponse(self, status, reason, self._headers))
+            head.set_result(UpstreamResponse(self, status, reason))
         if self._skip_body:
             # A HEAD answer has no body whatever its Content-Length says; llhttp cannot be
             # told so from here, so this connection is not reused.
@@ -212,11 +249,15 @@ class _Connection(asyncio.Protocol):
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
+        waiter = self._waiter  # _wake(), inline
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         self._complete = True
-        self._wake()
+        waiter = self._waiter  # _wake(), inline
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- the exchange -------------------------------------------------------------
 
@@ -245,7 +286,9 @@ class _Connection(asyncio.Protocol):
 
     def start(self, skip_body: bool) -> asyncio.Future[UpstreamResponse]:
         self._head = self._get_loop().create_future()
-        self._headers = []
+        self._lines = []
+        self._length = None
+        self._connection = None
         self._reason = b""
         self._chunks.clear()
         self._buffered = 0
@@ -296,8 +339,11 @@ class _Connection(asyncio.Protocol):
         chunks = self._chunks
         if not chunks:
             return b""
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
+        if len(chunks) == 1:
+            data = chunks.popleft()
+        else:
+            data = b"".join(chunks)
+            chunks.clear()
         self._buffered = 0
         if self._paused and self.transport is not None:
             self._paused = False
