@@ -242,7 +242,8 @@ async def forward(
         auth_line = route.auth_line(token)
 
     # The whole exchange has one deadline, which cancels this task: what
-    # asyncio.timeout() does, at a fraction of its per-request cost (see Deadlines).
+    # asyncio.timeout() does, at a fraction of its per-request cost (see
+    # server.Deadlines: one loop timer for all exchanges, not one each).
     task = request.task  # the handler runs in its connection's task
     if task is None:
         task = asyncio.current_task()
@@ -301,7 +302,7 @@ _wheel: Deadlines[Exchange, asyncio.Task[Any]] | None = None
 
 def _new_wheel(loop: asyncio.AbstractEventLoop) -> Deadlines[Exchange, asyncio.Task[Any]]:
     # Another loop than the last one (tests run many): deadlines already added stay
-    # with the old wheel, whose timers still fire on their own loop.
+    # with the old wheel, whose timer still fires on its own loop.
     global _wheel
     _wheel = Deadlines(loop, _expire)
     return _wheel

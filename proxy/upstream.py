@@ -25,6 +25,8 @@ import httptools
 #: pause reading from the upstream when this much of its answer is unread
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+#: buffered body chunks up to this much in all are joined into one write
+_JOIN_LIMIT = 64 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: header fields about one connection, not passed on by a proxy (RFC 9110 7.6.1)
 HOP_BY_HOP = frozenset(
@@ -88,13 +90,14 @@ class UpstreamResponse:
         return await self._conn.read_chunk()
 
     def read_buffered(self) -> bytes:
-        """All of the body that has arrived and was not read yet, without waiting."""
+        """What of the body has arrived and was not read yet, without waiting: all of
+        it when that is little (``_JOIN_LIMIT``), else its first chunk."""
         return self._conn.take_buffered()
 
     def read_ready(self) -> tuple[bytes, bool]:
         """:meth:`read_buffered`, and whether that was the rest of the body (``at_end``)."""
         conn = self._conn
-        return conn.take_buffered(), conn._complete
+        return conn.take_buffered(), conn._complete and not conn._chunks
 
     async def read_all(self, limit: int) -> bytes:
         parts: list[bytes] = []
@@ -339,13 +342,15 @@ class _Connection(asyncio.Protocol):
         chunks = self._chunks
         if not chunks:
             return b""
-        if len(chunks) == 1:
+        if len(chunks) == 1 or self._buffered > _JOIN_LIMIT:
             data = chunks.popleft()
+            self._buffered -= len(data)
         else:
+            # Several small chunks (a chunked answer): one write instead of several.
             data = b"".join(chunks)
             chunks.clear()
-        self._buffered = 0
-        if self._paused and self.transport is not None:
+            self._buffered = 0
+        if self._paused and self._buffered < _LOW_WATER and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
         return data
