@@ -62,11 +62,9 @@ def request_head(
     them, and without the header the route injects. ``framing`` is the
     Content-Length or Transfer-Encoding line for the body actually sent.
     """
-    drop = REQUEST_DROP
+    drop = _drop_set(not route.config.pass_client_authorization, route.header_key)
     if request.connection is not None:
         drop = drop | _listed(request.connection)
-    skip_auth = not route.config.pass_client_authorization
-    injected = route.header_key
     out = [
         request.method.encode(), b" ", target.encode("utf-8", "surrogateescape"),
         b" HTTP/1.1\r\nHost: ", route.host_header, b"\r\n",
@@ -80,25 +78,45 @@ def request_head(
             elif key == b"host":
                 host = value
             continue
-        if key == b"authorization" and skip_auth:
-            continue
-        if key == injected and (skip_auth or key != b"authorization"):
-            continue
         out += (name, b": ", value, b"\r\n")
     peer = request.remote
     if peer:
         xff = prior_xff + b", " + peer.encode() if prior_xff else peer.encode()
-        out += (b"X-Forwarded-For: ", xff, b"\r\n")
+        out += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: http\r\n")
     elif prior_xff:
-        out += (b"X-Forwarded-For: ", prior_xff, b"\r\n")
-    out.append(b"X-Forwarded-Proto: http\r\n")
+        out += (b"X-Forwarded-For: ", prior_xff, b"\r\nX-Forwarded-Proto: http\r\n")
+    else:
+        out.append(b"X-Forwarded-Proto: http\r\n")
+    rid = request_id.encode("latin-1", "replace")
     if host:
-        out += (b"X-Forwarded-Host: ", host, b"\r\n")
-    out += (b"X-Request-Id: ", request_id.encode("latin-1", "replace"), b"\r\n")
+        out += (b"X-Forwarded-Host: ", host, b"\r\nX-Request-Id: ", rid, b"\r\n")
+    else:
+        out += (b"X-Request-Id: ", rid, b"\r\n")
     if auth_line is not None:
-        out.append(auth_line)
-    out += (framing, b"\r\n")
+        out += (auth_line, framing, b"\r\n")
+    else:
+        out += (framing, b"\r\n")
     return b"".join(out)
+
+
+#: REQUEST_DROP plus the client's credentials and the injected header, by
+#: (credentials dropped, injected header's name)
+_DROP_SETS: dict[tuple[bool, bytes | None], frozenset[bytes]] = {}
+
+
+def _drop_set(skip_auth: bool, injected: bytes | None) -> frozenset[bytes]:
+    """The names of the client's header fields not copied upstream (lowercased)."""
+    drop = _DROP_SETS.get((skip_auth, injected))
+    if drop is None:
+        extra: set[bytes] = set()
+        if skip_auth:
+            extra.add(b"authorization")
+        if injected is not None and (skip_auth or injected != b"authorization"):
+            extra.add(injected)
+        drop = REQUEST_DROP | extra
+        if len(_DROP_SETS) < 64:
+            _DROP_SETS[(skip_auth, injected)] = drop
+    return drop
 
 
 #: parsed ``Connection`` values; upstreams send the same few ("keep-alive", "close")
@@ -114,9 +132,10 @@ def response_lines(resp: UpstreamResponse) -> tuple[list[bytes], int | None]:
     """
     lines = resp.lines
     length = resp.content_length
-    if resp.connection is not None:
-        listed: frozenset[bytes] = frozenset()
-        for value in resp.connection:
+    connection = resp.connection
+    if connection is not None:
+        listed: frozenset[bytes] | None = None
+        for value in connection:
             names = _CONNECTION_VALUES.get(value)
             if names is None:
                 # hop-by-hop names are dropped anyway, and "close" is no header name:
@@ -124,8 +143,9 @@ def response_lines(resp: UpstreamResponse) -> tuple[list[bytes], int | None]:
                 names = _listed([value]) - HOP_BY_HOP - {b"close"}
                 if len(_CONNECTION_VALUES) < 64:
                     _CONNECTION_VALUES[value] = names
-            listed = listed | names
-        if listed:
+            if names:
+                listed = names if listed is None else listed | names
+        if listed is not None:
             kept: list[bytes] = []
             for i in range(0, len(lines), 4):
                 if lines[i].lower() not in listed:

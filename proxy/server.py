@@ -579,7 +579,9 @@ class _Connection(asyncio.Protocol):
         self._queue.append(req)
         if len(self._queue) > _MAX_QUEUED and not self.read_paused:
             self._pause()
-        self._wake()
+        waiter = self._waiter  # _wake(), inline
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         req = self._parsing
@@ -596,7 +598,9 @@ class _Connection(asyncio.Protocol):
         if req is not None:
             req._complete = True
         self._parsing = None
-        self._wake()
+        waiter = self._waiter  # _wake(), inline
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- plumbing -------------------------------------------------------------------------
 

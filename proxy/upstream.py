@@ -288,19 +288,23 @@ class _Connection(asyncio.Protocol):
         return loop
 
     def start(self, skip_body: bool) -> asyncio.Future[UpstreamResponse]:
-        self._head = self._get_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._get_loop()
+        head = self._head = loop.create_future()
         self._lines = []
         self._length = None
         self._connection = None
         self._reason = b""
-        self._chunks.clear()
+        if self._chunks:
+            self._chunks.clear()
         self._buffered = 0
         self._complete = False
         self._error = None
         self._skip_body = skip_body
         self._got_head = False
         self._close_delimited = True
-        return self._head
+        return head
 
     def send(self, data: bytes) -> None:
         """Write ``data``; the caller awaits ``drain()`` when ``_write_paused`` is set."""
