@@ -330,7 +330,7 @@ class Request:
         close: bool = False,
     ) -> None:
         """:meth:`start` with the header fields already rendered: ``lines`` holds
-        the pieces of their ``Name: value`` lines, and is used up."""
+        the pieces of their ``Name: value`` lines (left as it is)."""
         conn = self._conn
         if self.started:
             raise RuntimeError("the answer was started already")
@@ -341,8 +341,10 @@ class Request:
             line = _status_line(status, reason)
             if len(_STATUS_LINES) < 256:
                 _STATUS_LINES[(status, reason)] = line
-        out = lines
-        out.insert(0, line)
+        # A new list: ``lines`` may outlive this answer (the upstream connection keeps
+        # it until its next exchange), and must not keep the body alive with it.
+        out = [line]
+        out += lines
         if self.method == "HEAD" or status < 200 or status in (204, 304):
             body = b""  # no body whatever the headers say
         elif length is None:
