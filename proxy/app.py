@@ -260,7 +260,7 @@ class Proxy:
         """Answer one request on the proxy port; never raises for the client's sake."""
         started = time.perf_counter()
         route: RouteRuntime | None = None
-        ex = Exchange(request.request_id or os.urandom(8).hex())
+        ex = Exchange(request.request_id or request.new_id())
         try:
             if request.method == "CONNECT":
                 raise MethodNotAllowed("CONNECT is not served: authproxy is not an open proxy")

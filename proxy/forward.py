@@ -22,19 +22,12 @@ from proxy.errors import BodyTooLarge, ProxyError, UpstreamTimeout, UpstreamUnav
 from proxy.logs import Exchange
 from proxy.route import RouteRuntime
 from proxy.routing import Match, join_upstream
-from proxy.server import Request
+from proxy.server import Deadlines, Request
 from proxy.tokens import Token
-from proxy.upstream import UpstreamError, UpstreamResponse
+from proxy.upstream import HOP_BY_HOP, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("authproxy.forward")
 
-HOP_BY_HOP = frozenset(
-    h.lower().encode()
-    for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
-        "Trailer", "Trailers", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
-    )
-)  # fmt: skip
 #: never copied from the client: hop-by-hop, the proxy's own, or recomputed below
 REQUEST_DROP = HOP_BY_HOP | {
     b"host", b"expect", b"x-authproxy-token", b"content-length", b"x-request-id",
@@ -69,11 +62,9 @@ def request_head(
     them, and without the header the route injects. ``framing`` is the
     Content-Length or Transfer-Encoding line for the body actually sent.
     """
-    drop = REQUEST_DROP
+    drop = _drop_set(not route.config.pass_client_authorization, route.header_key)
     if request.connection is not None:
         drop = drop | _listed(request.connection)
-    skip_auth = not route.config.pass_client_authorization
-    injected = route.header_key
     out = [
         request.method.encode(), b" ", target.encode("utf-8", "surrogateescape"),
         b" HTTP/1.1\r\nHost: ", route.host_header, b"\r\n",
@@ -87,59 +78,82 @@ def request_head(
             elif key == b"host":
                 host = value
             continue
-        if key == b"authorization" and skip_auth:
-            continue
-        if key == injected and (skip_auth or key != b"authorization"):
-            continue
         out += (name, b": ", value, b"\r\n")
     peer = request.remote
     if peer:
         xff = prior_xff + b", " + peer.encode() if prior_xff else peer.encode()
-        out += (b"X-Forwarded-For: ", xff, b"\r\n")
+        out += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: http\r\n")
     elif prior_xff:
-        out += (b"X-Forwarded-For: ", prior_xff, b"\r\n")
-    out.append(b"X-Forwarded-Proto: http\r\n")
+        out += (b"X-Forwarded-For: ", prior_xff, b"\r\nX-Forwarded-Proto: http\r\n")
+    else:
+        out.append(b"X-Forwarded-Proto: http\r\n")
+    rid = request_id.encode("latin-1", "replace")
     if host:
-        out += (b"X-Forwarded-Host: ", host, b"\r\n")
-    out += (b"X-Request-Id: ", request_id.encode("latin-1", "replace"), b"\r\n")
+        out += (b"X-Forwarded-Host: ", host, b"\r\nX-Request-Id: ", rid, b"\r\n")
+    else:
+        out += (b"X-Request-Id: ", rid, b"\r\n")
     if auth_line is not None:
-        out.append(auth_line)
-    out += (framing, b"\r\n")
+        out += (auth_line, framing, b"\r\n")
+    else:
+        out += (framing, b"\r\n")
     return b"".join(out)
+
+
+#: REQUEST_DROP plus the client's credentials and the injected header, by
+#: (credentials dropped, injected header's name)
+_DROP_SETS: dict[tuple[bool, bytes | None], frozenset[bytes]] = {}
+
+
+def _drop_set(skip_auth: bool, injected: bytes | None) -> frozenset[bytes]:
+    """The names of the client's header fields not copied upstream (lowercased)."""
+    drop = _DROP_SETS.get((skip_auth, injected))
+    if drop is None:
+        extra: set[bytes] = set()
+        if skip_auth:
+            extra.add(b"authorization")
+        if injected is not None and (skip_auth or injected != b"authorization"):
+            extra.add(injected)
+        drop = REQUEST_DROP | extra
+        if len(_DROP_SETS) < 64:
+            _DROP_SETS[(skip_auth, injected)] = drop
+    return drop
 
 
 #: parsed ``Connection`` values; upstreams send the same few ("keep-alive", "close")
 _CONNECTION_VALUES: dict[bytes, frozenset[bytes]] = {}
 
 
-def response_headers(resp: UpstreamResponse) -> tuple[list[tuple[bytes, bytes]], int | None]:
-    """The upstream's headers as the client should see them (duplicates kept), and
-    the Content-Length among them (None when there is none)."""
-    raw = resp.headers
-    listed: frozenset[bytes] = frozenset()
-    keep: list[tuple[bytes, bytes]] = []
-    length: int | None = None
-    for name, value in raw:
-        key = name.lower()
-        if key == b"content-length":
-            length = int(value)
-        elif key in HOP_BY_HOP:
-            if key == b"connection":
-                names = _CONNECTION_VALUES.get(value)
-                if names is None:
-                    # hop-by-hop names are dropped anyway, and "close" is no header name:
-                    # "Connection: keep-alive" then costs no second pass below
-                    names = _listed([value]) - HOP_BY_HOP - {b"close"}
-                    if len(_CONNECTION_VALUES) < 64:
-                        _CONNECTION_VALUES[value] = names
-                listed = listed | names
-            continue
-        keep.append((name, value))
-    if listed:
-        keep = [(name, value) for name, value in keep if name.lower() not in listed]
-        if b"content-length" in listed:
-            length = None
-    return keep, length
+def response_lines(resp: UpstreamResponse) -> tuple[list[bytes], int | None]:
+    """The upstream's header fields as the client should see them (duplicates kept), as
+    the pieces of their lines, and the Content-Length among them (None when none).
+
+    The upstream client set the hop-by-hop fields apart while parsing; here only the
+    fields an answer's ``Connection`` names are left out (a rare second pass).
+    """
+    lines = resp.lines
+    length = resp.content_length
+    connection = resp.connection
+    if connection is not None:
+        listed: frozenset[bytes] | None = None
+        for value in connection:
+            names = _CONNECTION_VALUES.get(value)
+            if names is None:
+                # hop-by-hop names are dropped anyway, and "close" is no header name:
+                # "Connection: keep-alive" then costs no second pass below
+                names = _listed([value]) - HOP_BY_HOP - {b"close"}
+                if len(_CONNECTION_VALUES) < 64:
+                    _CONNECTION_VALUES[value] = names
+            if names:
+                listed = names if listed is None else listed | names
+        if listed is not None:
+            kept: list[bytes] = []
+            for i in range(0, len(lines), 4):
+                if lines[i].lower() not in listed:
+                    kept += lines[i : i + 4]
+            lines = kept
+            if b"content-length" in listed:
+                length = None
+    return lines, None if length is None else int(length)
 
 
 class _Body:
@@ -210,7 +224,10 @@ async def forward(
     # The body: buffered when a 401 replay may need it, streamed otherwise.
     body: bytes | AsyncIterator[bytes] | None = None
     streamed: _Body | None = None
-    if request.body_exists:
+    if not (request.chunked or length):  # no body (request.body_exists, inline)
+        # Keep an explicit "Content-Length: 0" (a POST may need it).
+        framing = b"Content-Length: 0\r\n" if length == 0 else b""
+    else:
         may_replay = manager is not None and config.retry_on_401
         if may_replay and length is not None and length <= config.max_replay_body:
             body = await request.read()
@@ -226,17 +243,14 @@ async def forward(
             streamed = _Body(request.content, b"", config.max_body)
         if streamed is not None:
             body = streamed.chunks()
-    if isinstance(body, bytes):
-        framing = b"Content-Length: %d\r\n" % len(body)
-    elif streamed is not None:
-        framing = (
-            b"Content-Length: %d\r\n" % length
-            if length is not None
-            else b"Transfer-Encoding: chunked\r\n"
-        )
-    else:
-        # No body. Keep an explicit "Content-Length: 0" (a POST may need it).
-        framing = b"Content-Length: 0\r\n" if length == 0 else b""
+        if isinstance(body, bytes):
+            framing = b"Content-Length: %d\r\n" % len(body)
+        else:  # streamed
+            framing = (
+                b"Content-Length: %d\r\n" % length
+                if length is not None
+                else b"Transfer-Encoding: chunked\r\n"
+            )
 
     token: Token | None = None
     auth_line = route.static_line
@@ -247,22 +261,42 @@ async def forward(
             ex.token_fetched = True
         auth_line = route.auth_line(token)
 
-    # The whole exchange has one deadline. A bare loop timer that cancels this task
-    # does what asyncio.timeout() does, at a fraction of its per-request cost.
-    task = asyncio.current_task()
-    assert task is not None
-    deadline = asyncio.get_running_loop().call_later(config.timeout, _expire, ex, task)
+    # The whole exchange has one deadline, which cancels this task: what
+    # asyncio.timeout() does, at a fraction of its per-request cost (see
+    # server.Deadlines: one loop timer for all exchanges, not one each).
+    task = request.task  # the handler runs in its connection's task
+    if task is None:
+        task = asyncio.current_task()
+        assert task is not None
+    wheel = _wheel
+    if wheel is None or wheel.loop is not task.get_loop():
+        wheel = _new_wheel(task.get_loop())
+    deadline = wheel.add(config.timeout, ex, task)
     try:
         head = request_head(request, route, target, ex.request_id, auth_line, framing)
-        resp = await _send(request, route, head, body, streamed, ex)
+        # The first send, inline (see _send, which the replay uses).
+        started = time.perf_counter()
+        try:
+            resp = await route.pool.request(
+                request.method, head, body, chunked=streamed is not None and b"chunked" in head
+            )
+        except UpstreamError as exc:
+            raise _send_failed(exc, route, streamed) from exc
+        elapsed = time.perf_counter() - started
+        route.m_upstream.observe(elapsed)
+        ex.upstream_s += elapsed
         if resp.status == 401 and token is not None and manager is not None:
             if config.retry_on_401:
                 resp = await _replay_401(
                     request, route, token, resp, body, streamed, ex, target, framing
                 )
                 token = None
-        ex.bytes_in = len(body) if isinstance(body, bytes) else (streamed.total if streamed else 0)
-        await _stream_back(request, route, resp, ex)
+        if isinstance(body, bytes):
+            ex.bytes_in = len(body)
+        elif streamed is not None:
+            ex.bytes_in = streamed.total
+        if not _answer_start(request, route, resp, ex):
+            await _stream_rest(request, route, resp, ex)
     except asyncio.CancelledError:
         if not ex.timed_out:
             raise  # cancelled by someone else (shutdown): not ours to swallow
@@ -274,12 +308,24 @@ async def forward(
             f"upstream did not answer within {config.timeout:g}s", route=route.name
         ) from None
     finally:
-        deadline.cancel()
+        deadline.pop(ex, None)
 
 
 def _expire(ex: Exchange, task: asyncio.Task[Any]) -> None:
     ex.timed_out = True
     task.cancel()
+
+
+#: the exchange deadlines of the running loop
+_wheel: Deadlines[Exchange, asyncio.Task[Any]] | None = None
+
+
+def _new_wheel(loop: asyncio.AbstractEventLoop) -> Deadlines[Exchange, asyncio.Task[Any]]:
+    # Another loop than the last one (tests run many): deadlines already added stay
+    # with the old wheel, whose timer still fires on its own loop.
+    global _wheel
+    _wheel = Deadlines(loop, _expire)
+    return _wheel
 
 
 async def _replay_401(
@@ -326,20 +372,23 @@ async def _send(
         resp = await route.pool.request(
             request.method, head, body, chunked=streamed is not None and b"chunked" in head
         )
-    except BodyTooLarge:
-        raise
     except UpstreamError as exc:
-        if streamed is not None and streamed.too_large:
-            raise BodyTooLarge(
-                f"the request body is larger than {streamed.limit} bytes", route=route.name
-            ) from exc
-        if exc.timeout:
-            raise UpstreamTimeout(str(exc), route=route.name) from exc
-        raise UpstreamUnavailable(str(exc), route=route.name) from exc
+        raise _send_failed(exc, route, streamed) from exc
     elapsed = time.perf_counter() - started
     route.m_upstream.observe(elapsed)
     ex.upstream_s += elapsed
     return resp
+
+
+def _send_failed(exc: UpstreamError, route: RouteRuntime, streamed: _Body | None) -> ProxyError:
+    """The error to answer for a failed send."""
+    if streamed is not None and streamed.too_large:
+        return BodyTooLarge(
+            f"the request body is larger than {streamed.limit} bytes", route=route.name
+        )
+    if exc.timeout:
+        return UpstreamTimeout(str(exc), route=route.name)
+    return UpstreamUnavailable(str(exc), route=route.name)
 
 
 def _cut(request: Request, route: RouteRuntime, why: str) -> None:
@@ -351,33 +400,53 @@ def _cut(request: Request, route: RouteRuntime, why: str) -> None:
         transport.abort()
 
 
-async def _stream_back(
+def _answer_start(
+    request: Request,
+    route: RouteRuntime,
+    resp: UpstreamResponse,
+    ex: Exchange,
+) -> bool:
+    """Write the answer's head; True when that was all of the answer (or the client is
+    gone), False when the rest of the body is to be streamed (:func:`_stream_rest`)."""
+    lines, length = response_lines(resp)
+    try:
+        if request.method == "HEAD":
+            request.start_lines(resp.status, resp.reason, lines, length=length, end=True)
+        else:
+            # What of the body is here already goes out in the same write as the headers
+            # (one syscall fewer), all of it when it is all here. Otherwise the headers
+            # go first, so a client of a slow or streaming answer sees them at once.
+            first, end = resp.read_ready()
+            ex.bytes_out += len(first)
+            request.start_lines(resp.status, resp.reason, lines, length=length, body=first, end=end)
+            if not end:
+                return False
+    except ConnectionError:
+        # The client went away: nothing to tell it; free the upstream connection.
+        resp.close()
+        return True
+    except BaseException:
+        resp.close()
+        raise
+    resp.release()
+    return True
+
+
+async def _stream_rest(
     request: Request,
     route: RouteRuntime,
     resp: UpstreamResponse,
     ex: Exchange,
 ) -> None:
-    headers, length = response_headers(resp)
+    """The rest of the answer's body, as it comes (flow control both ways)."""
     try:
-        if request.method == "HEAD":
-            request.start(resp.status, resp.reason, headers, length=length, end=True)
-        else:
-            # When the body is here already, its first chunk goes out in the same write
-            # as the headers (one syscall fewer), and all of it when it is all here.
-            # Otherwise the headers go first, so a client of a slow or streaming answer
-            # sees them at once.
-            first = await resp.read() if resp.body_ready else b""
-            ex.bytes_out += len(first)
-            end = resp.at_end
-            request.start(resp.status, resp.reason, headers, length=length, body=first, end=end)
-            if not end:
-                while True:
-                    chunk = await resp.read()
-                    if not chunk:
-                        break
-                    ex.bytes_out += len(chunk)
-                    await request.write(chunk)
-                request.end()
+        while True:
+            chunk = await resp.read()
+            if not chunk:
+                break
+            ex.bytes_out += len(chunk)
+            await request.write(chunk)
+        request.end()
     except UpstreamError as exc:
         resp.close()
         if request.started:

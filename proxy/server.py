@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import http
+import itertools
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import cast
+from typing import Generic, TypeVar, cast
 from urllib.parse import unquote
 
 import httptools
@@ -82,6 +83,74 @@ def _status_line(status: int, reason: str) -> bytes:
 #: status lines by (status, reason); upstreams send the same few
 _STATUS_LINES: dict[tuple[int, str], bytes] = {}
 
+#: request ids: a random 64-bit start, counted up (os.urandom per request is a syscall)
+_ids = itertools.count(int.from_bytes(os.urandom(8), "big"))
+
+
+def new_request_id() -> str:
+    """A fresh request id for the logs: 16 hex digits, unique within this process and,
+    from its random start, across processes. (Not a secret: a client may choose its own.)"""
+    return "%016x" % (next(_ids) & 0xFFFFFFFFFFFFFFFF)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Deadlines(Generic[K, V]):
+    """Many deadlines on one loop timer.
+
+    ``add(delay, key, value)`` calls ``fire(key, value)`` once ``delay`` seconds have
+    passed, unless ``key`` was popped first from the dict it returns (one per delay).
+    Arming and cancelling a uvloop timer per request costs several microseconds; a
+    dict entry a fraction of one. Deadlines of one delay come due in the order they
+    were added, which is their dict's order: the timer is armed for the first of the
+    earliest ones, and when it fires, only the entries due are looked at.
+    """
+
+    __slots__ = ("loop", "_fire", "_queues", "_armed", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fire: Callable[[K, V], None]) -> None:
+        self.loop = loop
+        self._fire = fire
+        self._queues: dict[float, dict[K, tuple[float, V]]] = {}
+        #: when the timer fires (inf: not armed)
+        self._armed = float("inf")
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, delay: float, key: K, value: V) -> dict[K, tuple[float, V]]:
+        when = self.loop.time() + delay
+        queue = self._queues.get(delay)
+        if queue is None:
+            queue = self._queues[delay] = {}
+        queue[key] = (when, value)
+        if when < self._armed:
+            self._arm(when)
+        return queue
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = when
+        self._timer = self.loop.call_at(when, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._armed = float("inf")
+        now = self.loop.time()
+        first = float("inf")
+        for queue in list(self._queues.values()):
+            while queue:
+                key = next(iter(queue))
+                when, value = queue[key]
+                if when > now:
+                    first = min(first, when)
+                    break
+                del queue[key]
+                self._fire(key, value)
+        if first < self._armed:
+            self._arm(first)
+
 
 class Request:
     """One request: its head as parsed, its body as a stream, and its answer's writer.
@@ -94,7 +163,7 @@ class Request:
     __slots__ = (
         "method", "raw_path", "raw_headers", "version_10", "keep_alive", "content_length",
         "chunked", "expect_continue", "request_id", "connection", "status", "error_code",
-        "started", "finished", "_conn", "_chunks", "_buffered", "_complete", "_done",
+        "started", "finished", "task", "_conn", "_chunks", "_buffered", "_complete", "_done",
         "_error", "_out_chunked", "_headers",
     )  # fmt: skip
 
@@ -119,6 +188,8 @@ class Request:
         self.error_code = ""
         self.started = False
         self.finished = False
+        #: the task that runs the handler for this request (its connection's)
+        self.task = conn._task
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -161,6 +232,11 @@ class Request:
     @property
     def transport(self) -> asyncio.Transport | None:
         return self._conn.transport
+
+    @staticmethod
+    def new_id() -> str:
+        """A fresh request id (see :func:`new_request_id`)."""
+        return new_request_id()
 
     @property
     def client_gone(self) -> bool:
@@ -237,6 +313,24 @@ class Request:
         an HTTP/1.0 client). ``end`` finishes the answer with this write.
         ``close`` ends the connection after this answer.
         """
+        lines: list[bytes] = []
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        self.start_lines(status, reason, lines, length=length, body=body, end=end, close=close)
+
+    def start_lines(
+        self,
+        status: int,
+        reason: str,
+        lines: list[bytes],
+        *,
+        length: int | None,
+        body: bytes = b"",
+        end: bool = False,
+        close: bool = False,
+    ) -> None:
+        """:meth:`start` with the header fields already rendered: ``lines`` holds
+        the pieces of their ``Name: value`` lines (left as it is)."""
         conn = self._conn
         if self.started:
             raise RuntimeError("the answer was started already")
@@ -247,9 +341,10 @@ class Request:
             line = _status_line(status, reason)
             if len(_STATUS_LINES) < 256:
                 _STATUS_LINES[(status, reason)] = line
+        # A new list: ``lines`` may outlive this answer (the upstream connection keeps
+        # it until its next exchange), and must not keep the body alive with it.
         out = [line]
-        for name, value in headers:
-            out += (name, b": ", value, b"\r\n")
+        out += lines
         if self.method == "HEAD" or status < 200 or status in (204, 304):
             body = b""  # no body whatever the headers say
         elif length is None:
@@ -317,8 +412,11 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.peer: str | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self._max_field = server.max_header_size
+        self._max_head = 32 * server.max_header_size
         self.lost = False
         self.read_paused = False
         self.write_paused = False
@@ -353,7 +451,7 @@ class _Connection(asyncio.Protocol):
         self.peer = peer[0] if isinstance(peer, tuple) and peer else None
         server = self.server
         server.connections.add(self)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._idle_since = loop.time()
         self._timer = loop.call_later(server.idle_timeout, self._check_idle)
         self._task = loop.create_task(self._run())
@@ -384,7 +482,7 @@ class _Connection(asyncio.Protocol):
                 self._head_bytes += len(data)
                 # Each line is bounded by the callbacks; this bounds how many there are
                 # (httptools buffers a head until it is complete).
-                if self._head_bytes > 32 * self.server.max_header_size:
+                if self._head_bytes > self._max_head:
                     self._failed(BadRequest("the request head is too large"))
 
     def eof_received(self) -> bool | None:
@@ -431,7 +529,7 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.server.max_header_size:
+        if len(self._url) > self._max_field:
             raise _HeadTooLarge(_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -442,11 +540,10 @@ class _Connection(asyncio.Protocol):
                 self, method, self._url.decode("utf-8", "surrogateescape")
             )
         size = len(name) + len(value) + 4
-        max_size = self.server.max_header_size
-        if size - 2 > max_size:
+        if size - 2 > self._max_field:
             raise _HeadTooLarge(_TOO_LONG)
         self._head_fields += size
-        if self._head_fields > 32 * max_size:
+        if self._head_fields > self._max_head:
             raise _HeadTooLarge("the request head is too large")
         req.raw_headers.append((name, value))
         if len(name) in _NOTED_LENGTHS:
@@ -484,7 +581,9 @@ class _Connection(asyncio.Protocol):
         self._queue.append(req)
         if len(self._queue) > _MAX_QUEUED and not self.read_paused:
             self._pause()
-        self._wake()
+        waiter = self._waiter  # _wake(), inline
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         req = self._parsing
@@ -501,9 +600,18 @@ class _Connection(asyncio.Protocol):
         if req is not None:
             req._complete = True
         self._parsing = None
-        self._wake()
+        waiter = self._waiter  # _wake(), inline
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- plumbing -------------------------------------------------------------------------
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        # Kept from connection_made: asyncio.get_running_loop() is a getpid() syscall.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -512,7 +620,7 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self) -> None:
         """Until the parser or the transport has news."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._get_loop().create_future()
         try:
             await self._waiter
         finally:
@@ -558,7 +666,7 @@ class _Connection(asyncio.Protocol):
 
     async def drain(self) -> None:
         if self.write_paused and not self.lost:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._get_loop().create_future()
             try:
                 await self._drain
             finally:
@@ -570,7 +678,7 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if self.lost:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._get_loop()
         timeout = self.server.idle_timeout
         delay = timeout
         if self.idle:
@@ -609,33 +717,34 @@ class _Connection(asyncio.Protocol):
             transport.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
-        asyncio.get_running_loop().call_later(_LINGER, transport.abort)
+        self._get_loop().call_later(_LINGER, transport.abort)
 
     # -- the connection's task ---------------------------------------------------------------
 
-    async def _next(self) -> Request | ProxyError | None:
-        loop = asyncio.get_running_loop()
-        while not self._queue:
-            if self._no_more or self.server.draining:
-                return None
-            if not self.idle:
-                self.idle = True
-                self._idle_since = loop.time()
-            await self.wait()
-        self.idle = False
-        item = self._queue.popleft()
-        if self.read_paused:
-            self.maybe_resume()
-        return item
-
     async def _run(self) -> None:
-        handler = self.server.handler
+        server = self.server
+        handler = server.handler
+        queue = self._queue
+        loop = self._get_loop()
         linger = False
         try:
             while True:
-                item = await self._next()
-                if item is None:
-                    break
+                # The next request (inline: a coroutine per request costs).
+                while not queue:
+                    if self._no_more or server.draining:
+                        return
+                    if not self.idle:
+                        self.idle = True
+                        self._idle_since = loop.time()
+                    waiter = self._waiter = loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        self._waiter = None
+                self.idle = False
+                item = queue.popleft()
+                if self.read_paused:
+                    self.maybe_resume()
                 if isinstance(item, ProxyError):
                     linger = True
                     self._answer_error(item)
@@ -652,8 +761,9 @@ class _Connection(asyncio.Protocol):
                         self._answer_error(ProxyError("internal error in authproxy"), item)
                 self.current = None
                 item._done = True
-                item._chunks.clear()
-                item._buffered = 0
+                if item._chunks:
+                    item._chunks.clear()
+                    item._buffered = 0
                 if self.lost:
                     break
                 if not item.finished:
@@ -678,7 +788,7 @@ class _Connection(asyncio.Protocol):
 
     def _answer_error(self, err: ProxyError, req: Request | None = None) -> None:
         status, headers, body = error_answer(err)
-        headers.append((b"X-Request-Id", os.urandom(8).hex().encode()))
+        headers.append((b"X-Request-Id", new_request_id().encode()))
         if req is None:
             req = Request(self, "GET", "")
         req.respond(status, headers, body, close=True)
@@ -762,4 +872,4 @@ class Server:
         self._listeners.clear()
 
 
-__all__ = ["Request", "Server"]
+__all__ = ["Deadlines", "Request", "Server", "new_request_id"]

@@ -26,7 +26,19 @@ import httptools
 #: pause reading from the upstream when this much of its answer is unread
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+#: buffered body chunks up to this much in all are joined into one write
+_JOIN_LIMIT = 64 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: header fields about one connection, not passed on by a proxy (RFC 9110 7.6.1)
+HOP_BY_HOP = frozenset(
+    h.lower().encode()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+        "Trailer", "Trailers", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
+    )
+)  # fmt: skip
+#: the lengths of the names on_header looks at: a cheap pre-check per header
+_LOOK_LENGTHS = frozenset(len(h) for h in HOP_BY_HOP | {b"content-length"})
 
 
 class UpstreamError(Exception):
@@ -54,17 +66,26 @@ class UpstreamError(Exception):
 class UpstreamResponse:
     """Status and headers of an answer, and its body as a stream of chunks."""
 
-    __slots__ = ("status", "reason", "headers", "_conn", "_done")
+    __slots__ = ("status", "reason", "lines", "content_length", "connection", "_conn", "_done")
 
-    def __init__(
-        self, conn: _Connection, status: int, reason: str, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def __init__(self, conn: _Connection, status: int, reason: str) -> None:
         self.status = status
         self.reason = reason
-        #: raw (name, value) pairs, in order, duplicates kept
-        self.headers = headers
+        #: the fields but the hop-by-hop ones (RFC 9110 7.6.1), in order, duplicates
+        #: kept, as the pieces of their lines: name, b": ", value, b"\r\n", name, ...
+        self.lines = conn._lines
+        #: the (last) Content-Length value as sent, if any
+        self.content_length = conn._length
+        #: the values of the Connection fields, if any
+        self.connection = conn._connection
         self._conn = conn
         self._done = False
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The fields but the hop-by-hop ones, as (name, value) pairs."""
+        lines = self.lines
+        return list(zip(lines[0::4], lines[2::4], strict=True))
 
     @property
     def body_ready(self) -> bool:
@@ -81,6 +102,16 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         """The next chunk of the body, or b'' at its end. Raises UpstreamError if cut."""
         return await self._conn.read_chunk()
+
+    def read_buffered(self) -> bytes:
+        """What of the body has arrived and was not read yet, without waiting: all of
+        it when that is little (``_JOIN_LIMIT``), else its first chunk."""
+        return self._conn.take_buffered()
+
+    def read_ready(self) -> tuple[bytes, bool]:
+        """:meth:`read_buffered`, and whether that was the rest of the body (``at_end``)."""
+        conn = self._conn
+        return conn.take_buffered(), conn._complete and not conn._chunks
 
     async def read_all(self, limit: int) -> bytes:
         parts: list[bytes] = []
@@ -113,12 +144,15 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
         #: an answer's head arrived on this connection for the current exchange
         self.got_answer = False
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._lines: list[bytes] = []
+        self._length: bytes | None = None
+        self._connection: list[bytes] | None = None
         self._reason = b""
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -139,6 +173,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -184,18 +219,29 @@ class _Connection(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        key = name.lower()
-        if key == b"content-length" or (
-            key == b"transfer-encoding" and b"chunked" in value.lower()
-        ):
-            self._close_delimited = False
+        if len(name) in _LOOK_LENGTHS:
+            key = name.lower()
+            if key == b"content-length":
+                self._close_delimited = False
+                self._length = value
+            elif key in HOP_BY_HOP:
+                if key == b"transfer-encoding" and b"chunked" in value.lower():
+                    self._close_delimited = False
+                elif key == b"connection":
+                    if self._connection is None:
+                        self._connection = [value]
+                    else:
+                        self._connection.append(value)
+                return
+        self._lines += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             # An interim answer (102, 103): wait for the final one.
-            self._headers = []
+            self._lines = []
+            self._length = None
+            self._connection = None
             self._reason = b""
             self._close_delimited = True
             return
@@ -206,7 +252,7 @@ class _Connection(asyncio.Protocol):
         head = self._head
         if head is not None and not head.done():
             reason = self._reason.decode("latin-1")
-            head.set_result(UpstreamResponse(self, status, reason, self._headers))
+            head.set_result(UpstreamResponse(self, status, reason))
         if self._skip_body:
             # A HEAD answer has no body whatever its Content-Length says; llhttp cannot be
             # told so from here, so this connection is not reused.
@@ -222,11 +268,15 @@ class _Connection(asyncio.Protocol):
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
+        waiter = self._waiter  # _wake(), inline
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         self._complete = True
-        self._wake()
+        waiter = self._waiter  # _wake(), inline
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- the exchange -------------------------------------------------------------
 
@@ -246,27 +296,48 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        # Kept from connection_made: asyncio.get_running_loop() is a getpid() syscall.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def start(self, skip_body: bool) -> asyncio.Future[UpstreamResponse]:
-        self._head = asyncio.get_running_loop().create_future()
-        self._headers = []
+        loop = self._loop
+        if loop is None:
+            loop = self._get_loop()
+        head = self._head = loop.create_future()
+        self._lines = []
+        self._length = None
+        self._connection = None
         self._reason = b""
-        self._chunks.clear()
+        if self._chunks:
+            self._chunks.clear()
         self._buffered = 0
         self._complete = False
         self._error = None
         self._skip_body = skip_body
         self._got_head = False
         self._close_delimited = True
-        return self._head
+        return head
 
-    async def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        """Write ``data``; the caller awaits ``drain()`` when ``_write_paused`` is set."""
         transport = self.transport
         if transport is None or self.closed:
             raise UpstreamError("upstream connection is closed")
         transport.write(data)
+
+    async def drain(self) -> None:
         if self._write_paused:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._get_loop().create_future()
             await self._drain
+
+    async def write(self, data: bytes) -> None:
+        self.send(data)
+        if self._write_paused:
+            await self.drain()
 
     async def read_chunk(self) -> bytes:
         while True:
@@ -281,11 +352,28 @@ class _Connection(asyncio.Protocol):
                 return b""
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._get_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def take_buffered(self) -> bytes:
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        if len(chunks) == 1 or self._buffered > _JOIN_LIMIT:
+            data = chunks.popleft()
+            self._buffered -= len(data)
+        else:
+            # Several small chunks (a chunked answer): one write instead of several.
+            data = b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+        if self._paused and self._buffered < _LOW_WATER and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
 
     def finish(self) -> None:
         if self._complete and self._keep_alive and not self.closed and self._error is None:
@@ -385,6 +473,28 @@ class UpstreamPool:
         method with a body still in hand.
         """
         conn = self._take()
+        if conn is not None and (body is None or isinstance(body, bytes)):
+            # The common case, inline (what _exchange does for a body in hand): one
+            # coroutine and one future per request.
+            answer = conn.start(skip_body=method == "HEAD")
+            conn.got_answer = False
+            try:
+                conn.send(head + body if body else head)
+                if conn._write_paused:
+                    await conn.drain()
+                try:
+                    response = await answer
+                except BaseException:
+                    conn.abort()
+                    raise
+            except UpstreamError:
+                if not (method in _IDEMPOTENT and conn.reused and not conn.got_answer):
+                    raise
+            else:
+                conn.got_answer = True
+                return response
+            conn = await self._connect()
+            return await self._exchange(conn, method, head, body, chunked)
         retry_ok = method in _IDEMPOTENT and not isinstance(body, AsyncIterator)
         if conn is None:
             conn = await self._connect()
