@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.errors import BadRequest, NoRoute
-from proxy.routing import Router, join_upstream
+from proxy.routing import Router, check_decoded, check_rest, join_upstream
 
 
 @pytest.fixture
@@ -74,3 +78,19 @@ def test_dots_inside_names_are_fine(router: Router[str]) -> None:
     assert router.match("/api/file..txt").rest == "file..txt"
     assert router.match("/api/.well-known/x").rest == ".well-known/x"
     assert router.match("/api/a%2Fb").rest == "a%2Fb"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="ab/.%2eEfF5c\\\x00é", max_size=12))
+def test_check_rest_fast_path_agrees_with_the_full_check(rest: str) -> None:
+    """The shortcut for plain paths never lets through what the full decoding refuses."""
+
+    def refused(check: Callable[[str], None]) -> bool:
+        try:
+            check(rest)
+        except BadRequest:
+            return True
+        return False
+
+    full = refused(check_decoded) if rest else False
+    assert refused(check_rest) == full
