@@ -117,7 +117,7 @@ async def _serve(config: configmod.Config, config_path: str, worker: int | None 
     except asyncio.CancelledError:
         if not stopping.cancelled():
             raise  # this task itself was cancelled, not the shutdown
-        await proxy.abort()
+        await proxy.stop(now=True)
         log.info("stopped")
         return EXIT_FAIL
     log.info("stopped")

@@ -114,36 +114,23 @@ class Proxy:
         port = await server.listen_tcp(where.host, where.port, reuse_port=reuse_port)
         return Listen(host=where.host, port=port)
 
-    async def stop(self) -> None:
-        """Graceful: not ready, stop accepting, let in-flight requests finish, close."""
+    async def stop(self, *, now: bool = False) -> None:
+        """Graceful: not ready, stop accepting, let in-flight requests finish, close.
+        ``now`` (a second SIGTERM): close at once, cutting in-flight requests."""
         self.ready = False
         self.draining = True
         if self._server is not None:
-            await self._server.shutdown(self.config.shutdown_grace)
+            await self._server.shutdown(0.0 if now else self.config.shutdown_grace)
             self._server = None
         if self._admin is not None:
             # Last: probes see "not ready" until the proxy port has drained.
-            await self._admin.shutdown(1.0)
+            await self._admin.shutdown(0.0 if now else 1.0)
             self._admin = None
         for task in list(self._tasks):
             task.cancel()
         for rt in [*self.routes.values(), *self._retired]:
             await rt.close()
         self._retired.clear()
-        await self.store.close()
-
-    async def abort(self) -> None:
-        """Close everything at once (a second SIGTERM): in-flight requests are cut."""
-        self.ready = False
-        self.draining = True
-        for server in (self._server, self._admin):
-            if server is not None:
-                await server.shutdown(0.0)
-        self._server = self._admin = None
-        for task in list(self._tasks):
-            task.cancel()
-        for rt in [*self.routes.values(), *self._retired]:
-            await rt.close()
         await self.store.close()
 
     def _spawn(self, coro: Any) -> None:

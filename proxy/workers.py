@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from proxy import config as configmod
@@ -82,8 +82,6 @@ def needs_shared_store(config: configmod.Config) -> bool:
 
 def worker_config(config: configmod.Config, index: int) -> configmod.Config:
     """The config as worker ``index`` runs it: the shared store, admin on worker 0."""
-    from dataclasses import replace
-
     store = os.environ.get(ENV_STORE)
     if store:
         config = replace(config, token_store=configmod.TokenStoreConfig(type="file", path=store))
@@ -126,6 +124,8 @@ class _Worker:
     index: int
     proc: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
+    #: its exit was seen and its live metrics dropped
+    reaped: bool = False
 
 
 class Supervisor:
@@ -210,7 +210,8 @@ class Supervisor:
                 if code is None:
                     alive += 1
                     continue
-                if w.proc.pid > 0:
+                if not w.reaped:
+                    w.reaped = True
                     _mark_dead(w.proc.pid, self.env["PROMETHEUS_MULTIPROC_DIR"])
                 if sent:
                     failed = failed or code
