@@ -11,8 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,20 +32,52 @@ needs_tools = pytest.mark.skipif(
 )
 
 
-def bench_leftovers() -> tuple[set[str], set[int]]:
-    """Temp dirs of the bench, and live processes whose command line names one."""
-    dirs = {p.name for p in Path(tempfile.gettempdir()).glob("authproxy-bench-*")}
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"authproxy-bench-" in cmdline or b"bench/token_server.py" in cmdline:
-            pids.add(int(entry.name))
-    return dirs, pids
+class BenchRun:
+    """One bench run this test owns: its own TMPDIR and an environment tag.
+
+    Other programs on the machine (another checkout's bench, a helper's authproxy) may
+    run the same commands at the same time; only processes that carry this run's tag
+    (inherited environment) or name its TMPDIR, and those in their sessions (nginx's
+    workers), are this test's.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        token = uuid.uuid4().hex
+        self.tag = f"AUTHPROXY_BENCH_TEST={token}"
+        self.env = {**os.environ, "TMPDIR": str(tmp), "AUTHPROXY_BENCH_TEST": token}
+
+    def dirs(self) -> set[str]:
+        return {p.name for p in self.tmp.glob("authproxy-bench-*")}
+
+    def pids(self) -> set[int]:
+        """Live processes of this run (the bench itself excluded by the caller)."""
+        mine, sessions, stats = set(), set(), {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                if fields[0] in ("Z", "X"):
+                    continue
+                stats[int(entry.name)] = int(fields[3])  # the session id
+                cmdline = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if str(self.tmp).encode() in cmdline or self.tag.encode() in environ:
+                mine.add(int(entry.name))
+                sessions.add(stats[int(entry.name)])
+        return mine | {pid for pid, sid in stats.items() if sid in sessions and sid != os.getsid(0)}
+
+    def kill_leftovers(self) -> None:
+        """Whatever a failed run left: killed, so that it cannot fail the next test."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def test_parse_wrk_reads_rate_transfer_and_percentiles() -> None:
@@ -84,15 +116,20 @@ Transfer/sec:    416.50MB
 @needs_tools
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_quick_bench_prints_the_table_for_every_target() -> None:
-    dirs_before, _ = bench_leftovers()
-    res = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+def test_quick_bench_prints_the_table_for_every_target(tmp_path: Path) -> None:
+    run = BenchRun(tmp_path)
+    try:
+        res = subprocess.run(
+            [sys.executable, str(BENCH), "--quick", "--workers", "2"],
+            capture_output=True,
+            text=True,
+            timeout=150,
+            cwd=ROOT,
+            env=run.env,
+        )
+        pids = run.pids()
+    finally:
+        run.kill_leftovers()
     out = res.stdout
     assert res.returncode == 0, f"exit {res.returncode}\n{out}\n{res.stderr}"
     assert "| target | req/s @50 |" in out
@@ -105,40 +142,43 @@ def test_quick_bench_prints_the_table_for_every_target() -> None:
         assert float(cells[1].replace(",", "")) > 0, rows[0]  # req/s @50
     assert "### Ratios vs nginx" in out
     assert "### Targets" in out
-    dirs_after, pids = bench_leftovers()
     assert not pids, f"bench left processes behind: {sorted(pids)}"
-    assert dirs_after <= dirs_before, f"bench left temp dirs: {dirs_after - dirs_before}"
+    assert not run.dirs(), f"bench left temp dirs: {run.dirs()}"
 
 
 @needs_tools
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_interrupted_bench_stops_everything_it_started() -> None:
-    dirs_before, _ = bench_leftovers()
+def test_interrupted_bench_stops_everything_it_started(tmp_path: Path) -> None:
+    run = BenchRun(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, str(BENCH), "--quick", "--duration", "5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
+        env=run.env,
     )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # the plan is printed before any server starts
             if line.startswith("plan:"):
                 break
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(bench_leftovers()[1]) < 2:
+        # Interrupt once servers are up (upstream nginx and the next one), whenever that is
+        # on a loaded machine.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(run.pids() - {proc.pid}) < 2:
             time.sleep(0.1)
-        time.sleep(1)
+        assert len(run.pids() - {proc.pid}) >= 2, "the bench started no server in 60 s"
         os.kill(proc.pid, signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
+        rest, _ = proc.communicate(timeout=90)
+        pids = run.pids()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        run.kill_leftovers()
     assert proc.returncode == 130, rest
     assert "interrupted" in rest
-    dirs_after, pids = bench_leftovers()
     assert not pids, f"bench left processes behind: {sorted(pids)}"
-    assert dirs_after <= dirs_before, f"bench left temp dirs: {dirs_after - dirs_before}"
+    assert not run.dirs(), f"bench left temp dirs: {run.dirs()}"

@@ -33,6 +33,7 @@ from proxy.clock import ManualClock
 from tests.conftest import Echo
 from tests.fakes import B2B, Fault, GetPaid, InvoiceNg, serve
 from tests.tokenkit import call
+from tests.waiting import managers_idle, until
 
 INV_KEY = "inv-api-key-0f3a9c77e1"
 B2B_PASSWORD = "b2b-password-8d2e61c0"
@@ -166,7 +167,7 @@ async def test_debug_logs_of_every_flow_carry_no_secret_token_or_query(
     raw, out = captured
     proxy = await start_proxy(config_yaml(u1, u2, u3, echo.url), env=ENV, clock=clock)
     await run_flows(http, proxy.url, clock, (inv, b2b, gp))
-    await asyncio.sleep(0.05)  # background refresh lines
+    await until(lambda: managers_idle(proxy), "background refreshes done")  # their lines too
 
     lines = out.getvalue().splitlines()
     docs = [json.loads(line) for line in lines if line.startswith("{")]
@@ -314,7 +315,8 @@ async def test_serve_process_debug_stderr_carries_no_secret(
             gp.api_faults.append(Fault(status=None))  # a plain pass, then a revoked token
             gp.revoke_all()
             assert (await call(http, "GET", f"{url}/gp/replay?{QUERY}", headers=h))[0] == 200
-            await asyncio.sleep(2.5)  # background refreshes inside refresh_before
+            # background refreshes inside refresh_before (2 s, the tokens live a few)
+            await until(lambda: inv.refreshes >= 1 and b2b.refreshes >= 1, "refreshes")
             for path in ("/inv/b", "/b2b/api/v1/y"):
                 assert (await call(http, "GET", f"{url}{path}?{QUERY}", headers=h))[0] == 200
         finally:

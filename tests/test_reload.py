@@ -24,6 +24,7 @@ from proxy.reload import Reloader
 from tests.conftest import Echo
 from tests.fakes import GetPaid, InvoiceNg, serve
 from tests.tokenkit import call, metric
+from tests.waiting import until
 
 
 class K8sVolume:
@@ -104,10 +105,7 @@ async def test_secret_rotation_through_symlink_swap_under_load(
     await asyncio.sleep(0.3)
     seen_before = len(echo.seen)
     vol.write({"api-key": "key-version-two\n"})
-    for _ in range(100):  # the watcher polls every 0.1 s
-        if echo.seen[-1].header("X-Api-Key") == "key-version-two":
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: echo.seen[-1].header("X-Api-Key") == "key-version-two", "the new key")
     await asyncio.sleep(0.3)  # keep the load on after the swap
     done.set()
     await asyncio.gather(*workers)
@@ -246,11 +244,7 @@ async def test_changed_credentials_drop_the_token_others_keep_theirs(
         reloaded = [r for r in caplog.records if r.getMessage() == "config reloaded"]
         assert reloaded and reloaded[0].changed == ["inv"] and reloaded[0].kept == ["gp"]
         # The replaced runtime is closed once its request finished.
-        for _ in range(40):
-            if not proxy._retired:
-                break
-            await asyncio.sleep(0.05)
-        assert not proxy._retired
+        await until(lambda: not proxy._retired, "the replaced runtime closed")
 
 
 async def test_removed_route_finishes_in_flight_and_listen_change_is_logged(

@@ -281,9 +281,12 @@ async def test_a_head_of_many_fields_is_bounded_as_a_whole(echo, start_proxy):
 
 
 async def test_stop_closes_idle_connections_at_once_and_lets_in_flight_ones_finish(echo):
+    at_upstream, release = asyncio.Event(), asyncio.Event()
+
     async def handler(request: web.Request) -> web.Response:
         if request.path.endswith("/slow"):
-            await asyncio.sleep(0.8)
+            at_upstream.set()
+            await asyncio.wait_for(release.wait(), 10)  # held until the test says
             return web.Response(text="late")
         return web.Response(text="fast")
 
@@ -299,12 +302,12 @@ async def test_stop_closes_idle_connections_at_once_and_lets_in_flight_ones_fini
     assert (await idle.answer()).body == b"fast"
     busy = await Conn.open(proxy.url)
     await busy.send(b"GET /api/slow HTTP/1.1\r\nHost: h\r\n\r\n")
-    await asyncio.sleep(0.2)  # the slow one is at the upstream now
+    await asyncio.wait_for(at_upstream.wait(), 10)  # the slow one is at the upstream now
 
-    began = time.monotonic()
     stopping = asyncio.create_task(proxy.stop())
-    assert await idle.closed(timeout=2)
-    assert time.monotonic() - began < 0.4  # at once, not after the in-flight one
+    assert await idle.closed(timeout=5)
+    assert not stopping.done()  # at once, not after the in-flight one (still held)
+    release.set()
     answer = await busy.answer()
     assert (answer.status, answer.body) == (200, b"late")
     assert answer.headers["connection"] == "close"  # draining: no keep-alive offered

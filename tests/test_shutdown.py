@@ -33,20 +33,61 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-async def slow_upstream() -> AsyncIterator[str]:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        if request.path.startswith("/slow"):
-            await asyncio.sleep(1.0)
-        elif request.path.startswith("/hang"):
-            await asyncio.sleep(30.0)
+class SlowUpstream:
+    """An upstream whose /slow answers wait for :attr:`release` (the test says when the
+    slow requests may finish) and whose /hang answers never come; it counts arrivals
+    so that a test waits for "in flight upstream" instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.release = asyncio.Event()
+        self.arrived: dict[str, int] = {"slow": 0, "hang": 0}
+        self.changed = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        for kind in self.arrived:
+            if request.path.startswith("/" + kind):
+                self.arrived[kind] += 1
+                self.changed.set()
+                if kind == "slow":
+                    await asyncio.wait_for(self.release.wait(), timeout=20)
+                else:
+                    await asyncio.sleep(30.0)
         return web.Response(body=BODY)
 
+    async def wait_arrived(self, kind: str, n: int, timeout: float = 20) -> None:
+        async def arrived() -> None:
+            while self.arrived[kind] < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(arrived(), timeout)
+
+
+@pytest.fixture
+async def slow_upstream() -> AsyncIterator[SlowUpstream]:
+    upstream = SlowUpstream()
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", "/{tail:.*}", upstream.handle)
     runner, port = await serve_app(app)
-    yield f"http://127.0.0.1:{port}"
+    upstream.url = f"http://127.0.0.1:{port}"
+    yield upstream
+    upstream.release.set()
     await runner.cleanup()
+
+
+async def wait_draining(http: aiohttp.ClientSession, admin: str) -> None:
+    """Until /readyz says draining (the signal was handled), or the admin port closed."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            async with http.get(admin + "/readyz") as r:
+                if r.status == 503 and (await r.json())["draining"] is True:
+                    return
+        except aiohttp.ClientError:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("authproxy did not start draining")
 
 
 async def wait_ready(
@@ -96,9 +137,9 @@ routes:
 
 
 async def test_sigterm_under_load_finishes_accepted_requests_and_exits_0(
-    tmp_path: Path, slow_upstream: str
+    tmp_path: Path, slow_upstream: SlowUpstream
 ) -> None:
-    proc, port, admin_port = await start_serve(tmp_path, slow_upstream, grace="6s")
+    proc, port, admin_port = await start_serve(tmp_path, slow_upstream.url, grace="6s")
     base, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     # A fresh connection per request: each one is either accepted or refused.
     connector = aiohttp.TCPConnector(force_close=True, limit=0)
@@ -137,7 +178,10 @@ async def test_sigterm_under_load_finishes_accepted_requests_and_exits_0(
 
             load = [asyncio.create_task(steady()) for _ in range(3)]
             slow = [asyncio.create_task(one(f"/up/slow/{i}")) for i in range(20)]
-            await asyncio.sleep(0.4)  # the slow ones are in flight upstream now
+            await slow_upstream.wait_arrived("slow", 20)  # all in flight upstream now
+            deadline = time.monotonic() + 20
+            while len(completed) <= 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
             fast_before = len(completed)
             assert fast_before > 5
             sent = time.monotonic()
@@ -158,11 +202,18 @@ async def test_sigterm_under_load_finishes_accepted_requests_and_exits_0(
                 await asyncio.sleep(0.02)
             assert 503 in ready_seen
 
-            # The listener is closed: a new connection is refused while slow ones finish.
-            await asyncio.sleep(0.1)
-            with pytest.raises(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            # The listener closes: a new connection is refused while slow ones are held.
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                except OSError:
+                    break
+                assert time.monotonic() < deadline, "the listener stayed open while draining"
+                await asyncio.sleep(0.02)
+            assert proc.returncode is None and not any(t.done() for t in slow)
 
+            slow_upstream.release.set()
             await asyncio.gather(*slow)
             stop_load.set()
             await asyncio.gather(*load)
@@ -180,17 +231,17 @@ async def test_sigterm_under_load_finishes_accepted_requests_and_exits_0(
     assert "shutting down" in log and '"stopped"' in log
 
 
-async def test_a_second_sigterm_stops_at_once(tmp_path: Path, slow_upstream: str) -> None:
+async def test_a_second_sigterm_stops_at_once(tmp_path: Path, slow_upstream: SlowUpstream) -> None:
     """The first signal drains for up to shutdown_grace (60 s here); an operator who
     sends another does not want to wait for it."""
-    proc, port, admin_port = await start_serve(tmp_path, slow_upstream, grace="60s")
+    proc, port, admin_port = await start_serve(tmp_path, slow_upstream.url, grace="60s")
     async with aiohttp.ClientSession() as http:
         try:
             await wait_ready(http, f"http://127.0.0.1:{admin_port}", proc)
             hung = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/up/hang"))
-            await asyncio.sleep(0.3)
+            await slow_upstream.wait_arrived("hang", 1)
             proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.5)
+            await wait_draining(http, f"http://127.0.0.1:{admin_port}")
             assert proc.returncode is None, "the first signal must drain, not exit"
             sent = time.monotonic()
             proc.send_signal(signal.SIGTERM)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,6 +30,7 @@ from tests.conftest import Echo
 from tests.fakes import B2B, InvoiceNg, serve
 from tests.storekit import ROOT, Load, ProxyProcess, env_for
 from tests.test_stores_redis import assert_one_token_request_per_window, b2b_route
+from tests.waiting import until
 
 
 def routes(inv_url: str, b2b_url: str, username: str) -> str:
@@ -43,6 +45,15 @@ routes:
 
 def log_lines(proc: ProxyProcess) -> list[dict[str, object]]:
     return [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+
+
+def shm_dir_of(pid: int) -> Path:
+    """The supervisor's private directory, as the worker ``pid`` was given it."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    for entry in environ:
+        if entry.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+            return Path(entry.split(b"=", 1)[1].decode()).parent
+    raise AssertionError(f"worker {pid} has no PROMETHEUS_MULTIPROC_DIR")
 
 
 def worker_pids(proc: ProxyProcess) -> dict[int, int]:
@@ -92,10 +103,19 @@ async def test_three_workers_make_one_login_and_count_as_one(tmp_path: Path) -> 
             load = Load()
             urls = [proxy.url + "/inv/invoices", proxy.url + "/b2b/products"]
             await load.run(urls, seconds=7.0, clients=3, fresh=True)
-            await asyncio.sleep(1.2)  # the in-flight gauges are written every second
-            metrics = await proxy.metrics()
+            # The in-flight gauges are written every second: wait for them to settle.
+            deadline = time.monotonic() + 20
+            while True:
+                metrics = await proxy.metrics()
+                settled = metric_sum(metrics, "authproxy_inflight_requests") == 0
+                if settled or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
             pids = worker_pids(proxy)
             assert len(pids) == 3 and all(alive(p) for p in pids.values())
+            # This supervisor's private directory (not another authproxy's on the machine)
+            private = {shm_dir_of(p) for p in pids.values()}
+            assert len(private) == 1 and next(iter(private)).is_dir(), private
         finally:
             code = proxy.stop()
     assert code == 0, proxy.logs()[-3000:]
@@ -117,7 +137,7 @@ async def test_three_workers_make_one_login_and_count_as_one(tmp_path: Path) -> 
     # all gone: the workers, and the private store and metrics files
     assert not any(alive(p) for p in pids.values())
     assert "all workers stopped" in proxy.logs()
-    assert not [p for p in Path("/dev/shm").glob("authproxy-workers-*") if p.exists()]
+    assert not next(iter(private)).exists(), "the private store and metrics were left"
     for secret in (inv.api_key, b2b.password):
         assert secret not in proxy.logs()
 
@@ -185,9 +205,15 @@ async def test_a_worker_that_cannot_start_stops_the_set(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
-async def slow(request: web.Request) -> web.StreamResponse:
-    await asyncio.sleep(30.0 if "hang" in request.path else 1.5)
-    return web.Response(body=b"done")
+def slow(arrived: list[str]) -> Any:
+    """An upstream handler that notes each arrival, then answers late (or never)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        arrived.append(request.path)
+        await asyncio.sleep(30.0 if "hang" in request.path else 1.5)
+        return web.Response(body=b"done")
+
+    return handle
 
 
 async def test_sigterm_to_every_process_drains_and_a_second_one_to_the_supervisor_stops_now(
@@ -196,7 +222,8 @@ async def test_sigterm_to_every_process_drains_and_a_second_one_to_the_superviso
     """systemd's default stop signals the whole cgroup: each worker gets SIGTERM from
     systemd and again from the supervisor. That is still one stop, a drain; only a
     second signal to the supervisor cuts what is in flight."""
-    echo.handler = slow
+    arrived: list[str] = []
+    echo.handler = slow(arrived)
     body = f"shutdown_grace: 20s\nroutes:\n  e: {{upstream: {echo.url}/, auth: {{type: none}}}}\n"
     proxy = ProxyProcess(tmp_path, "s", body, args=("--workers", "2"))
     proxy.start()
@@ -211,7 +238,7 @@ async def test_sigterm_to_every_process_drains_and_a_second_one_to_the_superviso
                     return r.status, await r.read()
 
             calls = [asyncio.create_task(get(f"/e/slow/{i}")) for i in range(6)]
-            await asyncio.sleep(0.5)
+            await until(lambda: len(arrived) == 6, "the slow calls at the upstream")
             assert proxy.proc is not None
             proxy.proc.send_signal(signal.SIGTERM)
             for pid in pids.values():
@@ -228,10 +255,12 @@ async def test_sigterm_to_every_process_drains_and_a_second_one_to_the_superviso
         await proxy.wait_healthy()
         async with aiohttp.ClientSession() as s:
             hung = asyncio.create_task(s.get(proxy.url + "/e/hang"))
-            await asyncio.sleep(0.5)
+            await until(
+                lambda: any("hang" in p for p in arrived), "the hanging call at the upstream"
+            )
             assert proxy.proc is not None
             proxy.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.5)
+            await until(lambda: '"stopping the workers"' in proxy.logs(), "the first signal")
             assert proxy.proc.poll() is None, "the first signal drains"
             began = time.monotonic()
             proxy.proc.send_signal(signal.SIGTERM)
