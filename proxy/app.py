@@ -57,6 +57,7 @@ class Proxy:
         self.reuse_port = reuse_port
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
+        self.metrics.recent.now = self.clock.time
         self.store: TokenStore = store or open_store(config.token_store, metrics=self.metrics)
         self.routes: dict[str, RouteRuntime] = {}
         self.router: Router[RouteRuntime] = Router([])

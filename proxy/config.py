@@ -291,6 +291,9 @@ class Config:
     unix_socket_mode: int = 0o660
     shutdown_grace: float = 20.0
     limits: Limits = Limits()
+    #: ``readiness.require_tokens``: routes whose token gates /readyz (default: none,
+    #: once each token route has had a first attempt)
+    require_tokens: tuple[str, ...] = ()
     #: every file the config was read from, secrets included: watched for reload
     sources: tuple[str, ...] = ()
 
@@ -308,6 +311,7 @@ _MISSING: Any = object()
 TOP_KEYS = {
     "listen", "admin_listen", "token_store", "defaults", "routes", "allow_from",
     "inbound_token", "insecure_allow_any", "unix_socket_mode", "shutdown_grace", "limits",
+    "readiness",
 }  # fmt: skip
 DEFAULT_KEYS = {
     "refresh_before", "connect_timeout", "timeout", "token_timeout", "retry_on_401",
@@ -825,6 +829,9 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
     if top.get("admin_listen") is not False:  # `admin_listen: false` turns it off
         admin = p.value(top, "admin_listen", "", parse_listen, Listen("127.0.0.1", 9090))
 
+    if listen is not None and admin is not None and _same_address(listen, admin):
+        p.error("admin_listen", f"{admin} is also `listen`: the admin port needs its own address")
+
     ts = p.section(
         top.get("token_store"), "token_store", {f for f in TokenStoreConfig.__dataclass_fields__}
     )
@@ -880,6 +887,8 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
             p.error(f"routes.{r.name}.prefix", f"{r.prefix} is also the prefix of {seen[r.prefix]}")
         seen[r.prefix] = r.name
 
+    require = _require_tokens(p, top.get("readiness"), routes)
+
     allow_raw = top.get("allow_from") or []
     allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     if not isinstance(allow_raw, list):
@@ -918,12 +927,44 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
         unix_socket_mode=p.value(top, "unix_socket_mode", "", mode, 0o660),
         shutdown_grace=p.duration(top, "shutdown_grace", "", 20.0),
         limits=limits,
+        require_tokens=require,
         sources=tuple(dict.fromkeys(p.files)),
     )
     if problems:
         problems.sort(key=lambda pr: pr.line or 0)
         raise ConfigError(problems, source)
     return config
+
+
+def _same_address(a: Listen, b: Listen) -> bool:
+    """Two listeners that cannot both bind (port 0 means "any free one": never equal)."""
+    if a.path is not None or b.path is not None:
+        return a.path == b.path
+    wildcard = ("0.0.0.0", "::", "")
+    return a.port == b.port != 0 and (a.host == b.host or a.host in wildcard or b.host in wildcard)
+
+
+def _require_tokens(p: _Parser, data: Any, routes: list[RouteConfig]) -> tuple[str, ...]:
+    """``readiness: {require_tokens: [route, ...]}``: each a route that uses a token."""
+    section = p.section(data, "readiness", {"require_tokens"})
+    names = section.get("require_tokens")
+    if names is None:
+        return ()
+    if not isinstance(names, list):
+        p.error("readiness.require_tokens", "must be a list of route names")
+        return ()
+    by_name = {r.name: r for r in routes}
+    out: list[str] = []
+    for i, name in enumerate(names):
+        r = by_name.get(str(name))
+        if r is None:
+            known = ", ".join(sorted(by_name)) or "none"
+            p.error(f"readiness.require_tokens[{i}]", f"{name!r} is not a route (routes: {known})")
+        elif isinstance(r.auth, NoAuth) or r.auth.type in ("static", "none"):
+            p.error(f"readiness.require_tokens[{i}]", f"route {name!r} uses no token")
+        else:
+            out.append(r.name)
+    return tuple(out)
 
 
 def load(path: str, environ: Mapping[str, str] | None = None) -> Config:

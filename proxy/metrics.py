@@ -17,14 +17,41 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
+from proxy import __version__
+from proxy.recent import Recent
 from proxy.tokens import Token, TokenFetchError
+
+# A `_created` series per counter and histogram doubles the series for no use in
+# PromQL (and Prometheus 2.x ingests them as plain gauges): off, for the process.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Up past the largest timeout (60 s by default, configurable): a request that ran
+# into it lands in a bucket of its own, not only in +Inf.
+_LATENCY = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
+)  # fmt: skip
+#: label values known from the start: their counters exist at 0 (a dashboard shows
+#: 0, not "No data", before the first one happens)
+STORE_OPERATIONS = ("load", "save", "lock", "unlock", "renew")
+ERROR_CODES = (
+    "bad_request", "forbidden", "method_not_allowed", "body_too_large", "token_unavailable",
+    "upstream_unavailable", "token_backoff", "overloaded", "upstream_timeout", "internal_error",
+)  # fmt: skip
+RETRY_OUTCOMES = ("replayed", "not_replayable", "failed")
 
 
 def method_label(method: str) -> str:
@@ -233,10 +260,43 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.route_ready = Gauge(
+            "authproxy_route_ready",
+            "1 while the route can get its token (or needs none); it does not gate "
+            "readiness unless listed in readiness.require_tokens.",
+            ["route"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info = Gauge(
+            "authproxy_build_info",
+            "Always 1; the version of authproxy running.",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.build_info.labels(__version__).set(1)
+        if self.shared_dir is None:
+            # Under workers these are added at scrape time (see _registry_for_scrape).
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        #: the last minutes, for /status (timestamps on the proxy's clock)
+        self.recent = Recent()
         self._cache_children: dict[tuple[str, bool], Any] = {}
         self._inflight: dict[str, Callable[[], float]] = {}
         for outcome in ("success", "error"):
             self.config_reloads.labels(outcome)
+        for operation in STORE_OPERATIONS:
+            self.token_store_errors.labels(operation)
+        for code in ("no_route", *ERROR_CODES):
+            self.proxy_errors.labels("", code)
+
+    def init_route(self, route: str) -> None:
+        """The route's counters with known labels, at 0 from the start."""
+        for code in ERROR_CODES:
+            self.proxy_errors.labels(route, code)
+        for outcome in RETRY_OUTCOMES:
+            self.unauthorized_retries.labels(route, outcome)
 
     def track_inflight(self, route: str, read: Callable[[], float]) -> None:
         """Report ``read()`` as the route's in-flight gauge: read at scrape time, or
@@ -268,7 +328,8 @@ class Metrics:
         self._inflight.pop(route, None)
         for hit in (True, False):
             self._cache_children.pop((route, hit), None)
-        for gauge in (self.token_expiry, self.inflight):
+        self.recent.forget(route)
+        for gauge in (self.token_expiry, self.inflight, self.route_ready):
             try:
                 gauge.remove(route)
             except KeyError:
@@ -281,6 +342,9 @@ class Metrics:
 
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        # The process serving the scrape (worker 0): the others have no admin port.
+        ProcessCollector(registry=merged)
+        PlatformCollector(registry=merged)
         return merged
 
     def render(self) -> bytes:
@@ -297,6 +361,7 @@ class Metrics:
     def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
         self.token_requests.labels(route, grant, "error").inc()
         self.token_duration.labels(route).observe(seconds)
+        self.recent.error(route, error.message)
 
     def cache(self, route: str, hit: bool) -> None:
         # Once per proxied request: keep the labelled child instead of looking it

@@ -149,6 +149,8 @@ class RouteRuntime:
         self.m_upstream = metrics.upstream_duration.labels(config.name)
         self._m_requests = metrics.requests
         self._m_retries = metrics.unauthorized_retries
+        self._recent = metrics.recent
+        metrics.init_route(config.name)
         self._counters: dict[tuple[str, int], Any] = {}
 
     def count(self, method: str, status: int) -> None:
@@ -160,6 +162,7 @@ class RouteRuntime:
 
     def count_retry(self, outcome: str) -> None:
         self._m_retries.labels(self.name, outcome).inc()
+        self._recent.note(self.name, outcome)
 
     def auth_value(self, access_token: str) -> str:
         return self.inject_format.replace("{access_token}", access_token)

@@ -138,12 +138,15 @@ async def test_metrics_carry_every_family_with_bounded_labels(
         assert secret not in text
 
 
-async def test_readyz_503_until_a_token_is_held_and_status_never_shows_one(
+async def test_readyz_shows_a_failing_route_and_status_never_shows_a_token(
     fakes: Any, start_proxy: Any, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
+    """With ``require_tokens: [gp]``, gp's failure is the pod's (see test_readiness for
+    the default, where it is not)."""
     inv, gp, inv_url, gp_url = fakes
     gp.always_fault = Fault(status=500)
-    proxy = await start_proxy(yaml_for(inv_url, gp_url), env=ENV, clock=clock)
+    text = yaml_for(inv_url, gp_url) + "readiness: {require_tokens: [gp]}\n"
+    proxy = await start_proxy(text, env=ENV, clock=clock)
     status, body, _ = await call(http, "GET", proxy.url + "/gp/x")
     assert status in (502, 503)
 
@@ -177,7 +180,7 @@ async def test_readyz_503_until_a_token_is_held_and_status_never_shows_one(
     status, page, headers = await call(http, "GET", proxy.admin_url + "/status")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     html = page.decode()
-    assert "<td>inv</td>" in html and "<td>gp</td>" in html and "left)" in html
+    assert "<td>inv</td>" in html and "<td>gp</td>" in html and "in 59m" in html
     assert "invoice_ng" in html and "authproxy: ready" in html
 
     everything = html + repr(js) + repr(doc)
