@@ -44,7 +44,7 @@ def _when(epoch: float | None, now: float) -> str:
         return "never"
     stamp = datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%SZ")
     delta = epoch - now
-    rel = f"in {_span(delta)}" if delta >= 0 else f"{_span(-delta)} ago"
+    rel = f"in {_span(delta)}" if delta > 0 else f"{_span(-delta)} ago"
     return f"{rel} ({stamp})"
 
 
@@ -64,8 +64,16 @@ def render(doc: dict[str, Any], now: float) -> str:
             token = expiry = refresh = source = "not needed"
         else:
             token = r["token"]
-            expiry = _when(r.get("expires_at"), now)
-            refresh = _when(r.get("refresh_at"), now) if r.get("token_held") else "now (expired)"
+            if r["token"] == "none":
+                expiry = "no token"
+            elif r.get("expires_at") is None:
+                expiry = "does not expire"
+            else:
+                expiry = _when(r.get("expires_at"), now)
+            if r.get("token_held"):
+                refresh = _when(r.get("refresh_at"), now)
+            else:
+                refresh = "retrying (backoff)" if r.get("last_error") else "fetching"
             source = r.get("source") or "none yet"
         error = r.get("last_error_message") or r.get("last_error")
         error_text = f"{error} ({_when(r.get('last_error_at'), now)})" if error else "none"

@@ -61,6 +61,9 @@ CONTRACT_METRICS = {
     "authproxy_token_cache_total",
     "authproxy_token_lock_wait_seconds",
     "authproxy_token_store_errors_total",
+    # issue 14: operations
+    "authproxy_build_info",
+    "authproxy_route_ready",
 }
 
 SECRETS_DIR = "/etc/authproxy/secrets/"
@@ -397,10 +400,47 @@ def test_dashboard_shows_what_an_operator_asks_first() -> None:
         "(rate(authproxy_upstream_duration_seconds_bucket",
         "authproxy_token_requests_total",  # token fetches
         'outcome!="success"',  # ... and their failures
-        'authproxy_token_expiry_timestamp_seconds{route=~"$route"}) - time()',
+        'authproxy_token_expiry_timestamp_seconds{job=~"$job", namespace=~"$namespace", '
+        'pod=~"$pod", route=~"$route"}) - time()',
         "authproxy_unauthorized_retries_total",  # 401 replays
     ):
         assert needle in exprs, needle
+
+
+def test_dashboard_filters_by_job_namespace_and_pod_and_shows_up_and_process() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "authproxy.json").read_text())
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names == ["datasource", "job", "namespace", "pod", "route"]
+    for expr in dashboard_queries():
+        if expr.startswith("label_values(authproxy_build_info"):
+            continue  # the variables' own queries, each filtered by the ones before it
+        for m in re.finditer(r"\b(authproxy_[a-z_]+|process_[a-z_]+|up)\{([^}]*)\}", expr):
+            for var in ("job", "namespace", "pod"):
+                assert f'{var}=~"${var}"' in m.group(2), expr
+    exprs = "\n".join(dashboard_queries())
+    for needle in ("up{", "process_cpu_seconds_total{", "process_resident_memory_bytes{"):
+        assert needle in exprs, needle
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian's prometheus)")
+def test_every_dashboard_query_parses_in_promtool(tmp_path: Path) -> None:
+    """Each query, with Grafana's variables filled in, as a recording rule: promtool
+    parses (and type-checks) every PromQL expression of a rules file."""
+    rules = []
+    for i, expr in enumerate(dashboard_queries()):
+        if expr.startswith("label_values("):
+            expr = expr[len("label_values(") :].rsplit(",", 1)[0]
+        if not expr or expr == "prometheus":
+            continue
+        expr = expr.replace("$__rate_interval", "5m").replace("$", "")
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    path = tmp_path / "dashboard.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    res = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in res.stdout
 
 
 # --- systemd -------------------------------------------------------------------------
