@@ -24,6 +24,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from yarl import URL
 
+from proxy.egress import EgressConfig, parse_setting
+
 T = TypeVar("T")
 
 
@@ -259,6 +261,8 @@ class RouteConfig:
     max_body: int = 100 * 1024**2
     max_concurrent: int = 1000
     preset: str | None = None
+    #: the egress (corporate HTTP) proxy for the upstream and token endpoint; None: direct
+    egress_proxy: EgressConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -311,7 +315,7 @@ TOP_KEYS = {
 }  # fmt: skip
 DEFAULT_KEYS = {
     "refresh_before", "connect_timeout", "timeout", "token_timeout", "retry_on_401",
-    "max_replay_body",
+    "max_replay_body", "egress_proxy",
 }  # fmt: skip
 ROUTE_KEYS = DEFAULT_KEYS | {
     "prefix", "upstream", "auth", "inject", "pass_client_authorization", "tls",
@@ -450,6 +454,11 @@ class _Parser:
 
     def size(self, data: dict[str, Any], key: str, path: str, default: int) -> int:
         return self.value(data, key, path, parse_size, default)
+
+    def egress(
+        self, data: dict[str, Any], key: str, path: str, default: EgressConfig | None
+    ) -> EgressConfig | None:
+        return self.value(data, key, path, lambda v: parse_setting(v, self.environ), default)
 
     def choice(
         self, data: dict[str, Any], key: str, path: str, options: tuple[str, ...], default: str
@@ -801,6 +810,7 @@ def _parse_route(
         token_timeout=pick("token_timeout", p.duration),
         retry_on_401=pick("retry_on_401", p.boolean),
         max_replay_body=pick("max_replay_body", p.size),
+        egress_proxy=pick("egress_proxy", p.egress),
         max_body=p.size(d, "max_body", path, limits.max_body),
         max_concurrent=p.value(d, "max_concurrent", path, _positive_int, limits.max_concurrent),
         preset=preset,
@@ -860,6 +870,7 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
         "token_timeout": p.duration(dd, "token_timeout", "defaults", base.token_timeout),
         "retry_on_401": p.boolean(dd, "retry_on_401", "defaults", base.retry_on_401),
         "max_replay_body": p.size(dd, "max_replay_body", "defaults", base.max_replay_body),
+        "egress_proxy": p.egress(dd, "egress_proxy", "defaults", None),
     }
 
     routes: list[RouteConfig] = []

@@ -25,6 +25,7 @@ from proxy.errors import TokenUnavailable
 from proxy.flows import build_source
 from proxy.flows.client import TokenClient
 from proxy.tokens import Token, TokenManager
+from proxy.tunnel import Tunnel
 from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -102,11 +103,15 @@ class RouteRuntime:
                 extra={"route": config.name},
             )
         # One pool of keep-alive connections per upstream (see proxy.upstream).
+        port = up.port or (443 if up.scheme == "https" else 80)
+        egress = config.egress_proxy
+        via = egress.proxy_for(up.scheme, up.host or "", port) if egress is not None else None
         self.pool = UpstreamPool(
             up.host or "",
-            up.port or (443 if up.scheme == "https" else 80),
+            port,
             ssl_context=ctx if up.scheme == "https" else None,
             connect_timeout=config.connect_timeout,
+            opener=Tunnel(via) if via is not None else None,
         )
         self.host_header = (up.raw_authority or up.raw_host or "").encode("idna")
         self.header: istr | None = None
@@ -127,6 +132,7 @@ class RouteRuntime:
                 ssl_context=ctx,
                 timeout=config.token_timeout,
                 connect_timeout=config.connect_timeout,
+                egress=egress,
             )
             source = build_source(config, self.token_client, clock)
             if source is not None:

@@ -18,8 +18,8 @@ import asyncio
 import collections
 import os
 import ssl
-from collections.abc import AsyncIterator
-from typing import cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -389,8 +389,19 @@ class _Connection(asyncio.Protocol):
         self.pool._forget(self)
 
 
+class Opener(Protocol):
+    """Opens connections as ``loop.create_connection`` does: an egress proxy's tunnel
+    (:class:`proxy.tunnel.Tunnel`). ``name`` says what is in between, for messages."""
+
+    name: str
+
+    @property
+    def open_connection(self) -> Callable[..., Awaitable[tuple[Any, Any]]]: ...
+
+
 class UpstreamPool:
-    """Keep-alive connections to one origin (``host``, ``port``, optional TLS)."""
+    """Keep-alive connections to one origin (``host``, ``port``, optional TLS),
+    directly or through ``opener``."""
 
     def __init__(
         self,
@@ -400,12 +411,14 @@ class UpstreamPool:
         ssl_context: ssl.SSLContext | None,
         connect_timeout: float,
         max_idle: int = 256,
+        opener: Opener | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.ssl = ssl_context
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
+        self.opener = opener
         self._idle: collections.deque[_Connection] = collections.deque()
         self._all: set[_Connection] = set()
 
@@ -418,9 +431,11 @@ class UpstreamPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        opener = self.opener
+        conn: _Connection
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(
+                (loop.create_connection if opener is None else opener.open_connection)(
                     lambda: _Connection(self),
                     self.host,
                     self.port,
@@ -430,8 +445,9 @@ class UpstreamPool:
                 self.connect_timeout,
             )
         except TimeoutError:
+            via = "" if opener is None else f" through egress proxy {opener.name}"
             raise UpstreamError(
-                f"connecting to the upstream took longer than {self.connect_timeout:g}s",
+                f"connecting to the upstream{via} took longer than {self.connect_timeout:g}s",
                 connect=True,
                 timeout=True,
             ) from None
