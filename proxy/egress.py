@@ -151,6 +151,20 @@ class EgressConfig:
         base = self.https if u.scheme == "https" else self.http
         return "direct (no_proxy)" if base is not None else "direct"
 
+    def view(self, endpoints: Mapping[str, str]) -> dict[str, Any]:
+        """What ``check --explain`` shows: the proxy (credentials masked), where the
+        setting came from, the exceptions, and how each of ``endpoints`` is reached."""
+        out: dict[str, Any] = {}
+        if self.http == self.https:
+            out["proxy"] = None if self.https is None else str(self.https)
+        else:
+            out["https_proxy"] = None if self.https is None else str(self.https)
+            out["http_proxy"] = None if self.http is None else str(self.http)
+        out["from"] = "environment" if self.from_env else "config"
+        out["no_proxy"] = list(self.no_proxy)
+        out.update({name: self.describe(url) for name, url in endpoints.items()})
+        return out
+
     def __repr__(self) -> str:
         return f"EgressConfig(http={self.http}, https={self.https}, no_proxy={self.no_proxy})"
 
