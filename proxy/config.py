@@ -259,6 +259,8 @@ class RouteConfig:
     max_body: int = 100 * 1024**2
     max_concurrent: int = 1000
     preset: str | None = None
+    refused_cooldown: float = 5.0
+    backoff_cap: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,7 @@ DEFAULT_KEYS = {
     "refresh_before", "connect_timeout", "timeout", "token_timeout", "retry_on_401",
     "max_replay_body",
 }  # fmt: skip
+DEFAULT_KEYS |= {"refused_cooldown", "backoff_cap"}  # token layer (proxy/token_timing.py)
 ROUTE_KEYS = DEFAULT_KEYS | {
     "prefix", "upstream", "auth", "inject", "pass_client_authorization", "tls",
     "max_concurrent", "max_body",
@@ -801,6 +804,8 @@ def _parse_route(
         token_timeout=pick("token_timeout", p.duration),
         retry_on_401=pick("retry_on_401", p.boolean),
         max_replay_body=pick("max_replay_body", p.size),
+        refused_cooldown=pick("refused_cooldown", p.duration),
+        backoff_cap=pick("backoff_cap", p.duration),
         max_body=p.size(d, "max_body", path, limits.max_body),
         max_concurrent=p.value(d, "max_concurrent", path, _positive_int, limits.max_concurrent),
         preset=preset,
@@ -860,6 +865,8 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
         "token_timeout": p.duration(dd, "token_timeout", "defaults", base.token_timeout),
         "retry_on_401": p.boolean(dd, "retry_on_401", "defaults", base.retry_on_401),
         "max_replay_body": p.size(dd, "max_replay_body", "defaults", base.max_replay_body),
+        "refused_cooldown": p.duration(dd, "refused_cooldown", "defaults", base.refused_cooldown),
+        "backoff_cap": p.duration(dd, "backoff_cap", "defaults", base.backoff_cap),
     }
 
     routes: list[RouteConfig] = []

@@ -342,7 +342,10 @@ async def _replay_401(
     """The upstream refused ``token``: drop it, and replay once if the body allows."""
     manager = route.manager
     assert manager is not None
-    manager.invalidate(token)
+    if manager.refused(token) == "refused_fresh":
+        # A fresh token refused again: the 401 goes to the client as it came.
+        route.count_retry("refused_fresh")
+        return resp
     if streamed is not None:
         route.count_retry("not_replayable")
         return resp

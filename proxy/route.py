@@ -24,6 +24,7 @@ from proxy.config import RouteConfig, StaticAuth, TLSConfig
 from proxy.errors import TokenUnavailable
 from proxy.flows import build_source
 from proxy.flows.client import TokenClient
+from proxy.token_events import TokenMetrics
 from proxy.tokens import Token, TokenManager
 from proxy.upstream import UpstreamPool
 
@@ -128,7 +129,8 @@ class RouteRuntime:
                 timeout=config.token_timeout,
                 connect_timeout=config.connect_timeout,
             )
-            source = build_source(config, self.token_client, clock)
+            events = TokenMetrics(metrics, config.name)
+            source = build_source(config, self.token_client, clock, events.request)
             if source is not None:
                 self.header = istr(config.inject.header)
                 self.header_key = config.inject.header.lower().encode("latin-1")
@@ -140,7 +142,9 @@ class RouteRuntime:
                     clock=clock,
                     refresh_before=config.refresh_before,
                     token_timeout=config.token_timeout,
-                    events=metrics,
+                    events=events,
+                    refused_cooldown=config.refused_cooldown,
+                    backoff_cap=config.backoff_cap,
                 )
         self.inflight = 0
         # Read at scrape time: cheaper than two locked updates per request.

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from proxy.config import ClientCredentialsAuth
 from proxy.flows.base import Flow
-from proxy.flows.expiry import jwt_exp, parse_lifetime
+from proxy.flows.expiry import earliest, jwt_exp, parse_lifetime
 from proxy.flows.http import request_json
 from proxy.tokens import Token, TokenFetchError
 
@@ -58,14 +58,10 @@ def oauth2_token(
     access = data.get("access_token")
     if not isinstance(access, str) or not access:
         raise TokenFetchError(f"{what} answer has no access_token", retryable=False)
-    expires_at: float | None = None
     lifetime = parse_lifetime(data.get("expires_in"))
-    if lifetime is not None:
-        expires_at = now + lifetime
-    else:
-        expires_at = jwt_exp(access)
-        if expires_at is None:
-            expires_at = now + default_ttl
+    expires_at = earliest(None if lifetime is None else now + lifetime, jwt_exp(access))
+    if expires_at is None:
+        expires_at = now + default_ttl
     new_refresh = data.get("refresh_token")
     if isinstance(new_refresh, str) and new_refresh:
         refresh_token = new_refresh
@@ -92,18 +88,24 @@ class ClientCredentialsFlow(Flow[ClientCredentialsAuth]):
         if auth.audience:
             fields["audience"] = auth.audience
         fields.update(auth.extra)
-        if auth.body == "json":
-            data = await request_json(
-                self.client, "POST", auth.token_url, headers=headers, json_body=fields
+        async with self.counted(self.grant) as req:
+            if auth.body == "json":
+                data = await request_json(
+                    self.client, "POST", auth.token_url, headers=headers, json_body=fields
+                )
+            else:
+                form = {k: _form_value(v) for k, v in fields.items()}
+                data = await request_json(
+                    self.client, "POST", auth.token_url, headers=headers, form=form
+                )
+            return req.token(
+                oauth2_token(
+                    data,
+                    now=self.clock.time(),
+                    default_ttl=auth.default_ttl,
+                    how="client_credentials",
+                )
             )
-        else:
-            form = {k: _form_value(v) for k, v in fields.items()}
-            data = await request_json(
-                self.client, "POST", auth.token_url, headers=headers, form=form
-            )
-        return oauth2_token(
-            data, now=self.clock.time(), default_ttl=auth.default_ttl, how="client_credentials"
-        )
 
 
 def _form_value(value: Any) -> str:

@@ -32,11 +32,21 @@ class RefreshTokenFlow(Flow[RefreshTokenAuth]):
         fields.update(auth.extra)
         form = {k: str(v) for k, v in fields.items()}
         try:
-            data = await request_json(
-                self.client, "POST", auth.token_url, headers=headers, form=form
-            )
+            async with self.counted(self.grant) as req:
+                data = await request_json(
+                    self.client, "POST", auth.token_url, headers=headers, form=form
+                )
+                return req.token(
+                    oauth2_token(
+                        data,
+                        now=self.clock.time(),
+                        default_ttl=auth.default_ttl,
+                        how="refresh",
+                        refresh_token=refresh,
+                    )
+                )
         except TokenFetchError as exc:
-            if exc.status == 400 and "invalid_grant" in exc.message:
+            if exc.error_code == "invalid_grant":
                 # The refresh token is dead (revoked, expired, or already rotated):
                 # only a new consent helps, so say so.
                 raise TokenFetchError(
@@ -44,12 +54,6 @@ class RefreshTokenFlow(Flow[RefreshTokenAuth]):
                     f"run `authproxy authorize {self.route}`",
                     status=exc.status,
                     retryable=False,
+                    error_code=exc.error_code,
                 ) from None
             raise
-        return oauth2_token(
-            data,
-            now=self.clock.time(),
-            default_ttl=auth.default_ttl,
-            how="refresh",
-            refresh_token=refresh,
-        )
