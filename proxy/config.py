@@ -70,6 +70,8 @@ _SIZE_UNITS = {
     "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3,
 }  # fmt: skip
 _SECRET_REF = re.compile(r"\$\{(env|file):([^}]*)\}")
+#: any other ``${...}``: a typo or an unsupported store (``${vault:x}``, ``${ENV:X}``)
+_OTHER_REF = re.compile(r"\$\{([^}:]*)(:?)[^}]*\}")
 
 
 def parse_duration(value: Any) -> float:
@@ -311,6 +313,7 @@ TOP_KEYS = {
     "listen", "admin_listen", "token_store", "defaults", "routes", "allow_from",
     "inbound_token", "insecure_allow_any", "unix_socket_mode", "shutdown_grace", "limits",
 }  # fmt: skip
+TOP_KEYS |= {"allow_empty_secrets"}  # key paths whose ${env:}/${file:} may be empty
 DEFAULT_KEYS = {
     "refresh_before", "connect_timeout", "timeout", "token_timeout", "retry_on_401",
     "max_replay_body",
@@ -371,6 +374,8 @@ class _Parser:
         self.problems = loader.problems
         self.environ = environ
         self.files: list[str] = []
+        #: key paths (``routes.api.auth.client_secret``) allowed an empty secret
+        self.allow_empty: set[str] = set()
 
     def error(self, path: str, message: str) -> None:
         line = self.loader.lines.get(path)
@@ -400,16 +405,30 @@ class _Parser:
                 if ref not in self.environ:
                     self.error(path, f"environment variable {ref} is not set")
                     return ""
-                return self.environ[ref]
-            self.files.append(ref)
-            try:
-                with open(ref, encoding="utf-8") as fh:
-                    return fh.read().rstrip("\r\n")
-            except OSError as exc:
-                self.error(path, f"cannot read secret file {ref}: {exc.strerror or exc}")
-                return ""
+                got = self.environ[ref]
+                where = f"environment variable {ref}"
+            else:
+                self.files.append(ref)
+                try:
+                    with open(ref, encoding="utf-8") as fh:
+                        got = fh.read().rstrip("\r\n")
+                except OSError as exc:
+                    self.error(path, f"cannot read secret file {ref}: {exc.strerror or exc}")
+                    return ""
+                where = f"secret file {ref}"
+            if not got and path not in self.allow_empty:
+                self.error(path, f"{where} is empty (list {path} in allow_empty_secrets if meant)")
+            return got
 
         out = _SECRET_REF.sub(sub, value)
+        # Scan what was written, never a resolved value: that could be a secret.
+        for other in _OTHER_REF.finditer(_SECRET_REF.sub("", value)):
+            scheme = other.group(1) + other.group(2)
+            self.error(
+                path,
+                f"unknown secret reference ${{{scheme}...}}: only ${{env:NAME}} and "
+                "${file:/path} are read (names are case-sensitive)",
+            )
         return Secret(out) if (found or secret) else out
 
     # typed getters -----------------------------------------------------------
@@ -820,6 +839,11 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
         raise ConfigError(problems, source)
     p = _Parser(loader, os.environ if environ is None else environ)
     top = p.section(loader.root, "", TOP_KEYS)
+    allow_empty = top.get("allow_empty_secrets") or []
+    if not isinstance(allow_empty, list) or not all(isinstance(k, str) for k in allow_empty):
+        p.error("allow_empty_secrets", "must be a list of key paths")
+    else:
+        p.allow_empty = set(allow_empty)
     if loader.root is None:
         p.error("", "the file is empty; it needs at least routes")
     elif not isinstance(loader.root, dict):
