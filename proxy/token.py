@@ -6,8 +6,11 @@ depend on the value alone. :mod:`proxy.tokens` re-exports every name here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+log = logging.getLogger("authproxy.tokens")
 
 #: the smallest and largest send margin: a token this close to its expiry is not
 #: sent any more, it could expire in flight. golang/oauth2 uses 10 s for every
@@ -137,6 +140,40 @@ class NeedsConsent(TokenFetchError):
         super().__init__(
             f"no refresh token for route {route}: run `authproxy authorize {route}` once",
             retryable=False,
+        )
+
+
+class TokenEvents(Protocol):
+    """What the manager reports; metrics and logs implement it."""
+
+    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None: ...
+    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None: ...
+    def cache(self, route: str, hit: bool) -> None: ...
+    def lock_wait(self, route: str, seconds: float) -> None: ...
+
+
+class NullEvents:
+    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None:
+        pass
+
+    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
+        pass
+
+    def cache(self, route: str, hit: bool) -> None:
+        pass
+
+    def lock_wait(self, route: str, seconds: float) -> None:
+        pass
+
+
+def log_token_event(event: str, route: str, source: str, tok: Token, now: float) -> None:
+    """A token event line: what happened and where from, never the token."""
+    if log.isEnabledFor(logging.INFO):
+        expires_in = None if tok.expires_at is None else round(tok.expires_at - now, 1)
+        log.info(
+            "token %s",
+            event,
+            extra={"route": route, "event": event, "source": source, "expires_in": expires_in},
         )
 
 

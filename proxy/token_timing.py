@@ -7,6 +7,7 @@ Pure arithmetic on the injected clock's time, plus one cachetools map; the
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from cachetools import TLRUCache
 
 from proxy.token import Token
+
+log = logging.getLogger("authproxy.tokens")
 
 #: the default ``backoff_cap``: a route is back within about this long after its
 #: token endpoint heals (design.md, "Additions planned")
@@ -83,6 +86,8 @@ class RefusalCooldown:
     ) -> None:
         self.cooldown = cooldown
         self._rand = rand
+        #: this episode of refused fresh tokens was logged (once, not per request)
+        self._logged = False
         # Per-entry lifetimes (the jitter) are what TLRUCache adds to TTLCache.
         self._recent: TLRUCache[str, float] = TLRUCache(
             maxsize=4, ttu=lambda _key, length, now: now + length, timer=timer
@@ -91,6 +96,28 @@ class RefusalCooldown:
     def active(self) -> bool:
         """A refused token was replaced less than a (jittered) cooldown ago."""
         return "replaced" in self._recent
+
+    def refused_again(self, route: str, *, replacement: bool) -> bool:
+        """A current token was refused: True when it must be kept (refused fresh).
+
+        ``replacement`` says the token is the one fetched to replace a refused
+        one. The warning is logged once per episode: a token that had worked
+        (not a replacement) being refused starts a new one.
+        """
+        if not self.active():
+            if not replacement:
+                self._logged = False
+            return False
+        if not self._logged:
+            self._logged = True
+            log.warning(
+                "the upstream refuses fresh tokens (401 again within refused_cooldown "
+                "%gs); not fetching another until it ends: check audience, scope and "
+                "the upstream's token validation",
+                self.cooldown,
+                extra={"route": route, "event": "refused_fresh"},
+            )
+        return True
 
     def start(self) -> None:
         """A refused token is being replaced now: open a window."""

@@ -18,18 +18,21 @@ import logging
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from proxy.clock import Clock, Timer, call_later
 from proxy.errors import ProxyError, TokenBackoff, TokenUnavailable
 from proxy.token import (
     EXPIRY_SKEW,
     NeedsConsent,
+    NullEvents,
     Token,
+    TokenEvents,
     TokenFetchError,
     TokenSource,
     UnusableToken,
     expiry_skew,
+    log_token_event,
 )
 from proxy.token_timing import BACKOFF_CAP, REFUSED_COOLDOWN, Backoff, RefusalCooldown, refresh_at
 
@@ -48,29 +51,6 @@ class _Failure:
     error: TokenFetchError
     until: float
     attempts: int
-
-
-class TokenEvents(Protocol):
-    """What the manager reports; metrics and logs implement it."""
-
-    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None: ...
-    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None: ...
-    def cache(self, route: str, hit: bool) -> None: ...
-    def lock_wait(self, route: str, seconds: float) -> None: ...
-
-
-class NullEvents:
-    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None:
-        pass
-
-    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
-        pass
-
-    def cache(self, route: str, hit: bool) -> None:
-        pass
-
-    def lock_wait(self, route: str, seconds: float) -> None:
-        pass
 
 
 class TokenManager:
@@ -112,10 +92,8 @@ class TokenManager:
         self.events: TokenEvents = events or NullEvents()
         self.backoff = backoff or Backoff(cap=backoff_cap)
         self.cooldown = RefusalCooldown(refused_cooldown, clock.time)
-        #: the token fetched to replace a refused one, and whether this episode of
-        #: refused fresh tokens was logged (once per episode, not per request)
+        #: the token fetched to replace a refused one
         self._replacement: Token | None = None
-        self._episode_logged = False
         self._token: Token | None = None
         #: the token known usable and not due a refresh before ``_fresh_until``
         self._fresh_token: Token | None = None
@@ -197,19 +175,8 @@ class TokenManager:
         current = self._token
         if current is None or current.access_token != token.access_token:
             return "newer"
-        if self.cooldown.active():
-            if not self._episode_logged:
-                self._episode_logged = True
-                log.warning(
-                    "the upstream refuses fresh tokens (401 again within refused_cooldown "
-                    "%gs); not fetching another until it ends: check audience, scope and "
-                    "the upstream's token validation",
-                    self.cooldown.cooldown,
-                    extra={"route": self.route, "event": "refused_fresh"},
-                )
+        if self.cooldown.refused_again(self.route, replacement=current is self._replacement):
             return "refused_fresh"
-        if current is not self._replacement:
-            self._episode_logged = False  # a token that had worked: a new episode
         self.cooldown.start()
         self._refused = current
         self._token = None
@@ -265,7 +232,7 @@ class TokenManager:
             previous = self._token or self._refused
             stored: Token | None = await self._load_stored()
             if stored is not None and self._adoptable(stored, previous):
-                _log_event("obtained", self.route, "store", stored, self.clock.time())
+                log_token_event("obtained", self.route, "store", stored, self.clock.time())
                 return self._set(replace(stored, how="store") if stored.how != "store" else stored)
             if stored is not None and (previous is None or _newer(stored, previous)):
                 previous = stored
@@ -314,7 +281,7 @@ class TokenManager:
             self._replacement = tok
         self.events.fetched(self.route, self.source.grant, tok, time.monotonic() - started)
         self.last_refresh = self.clock.time()
-        _log_event(
+        log_token_event(
             "refreshed" if tok.how == "refresh" else "obtained",
             self.route,
             tok.how,
@@ -428,17 +395,6 @@ class TokenManager:
                 f"{exc.message}; retrying in {wait:.0f}s", route=self.route, retry_after=wait
             )
         return TokenUnavailable(exc.message, route=self.route)
-
-
-def _log_event(event: str, route: str, source: str, tok: Token, now: float) -> None:
-    """A token event line: what happened and where from, never the token."""
-    if log.isEnabledFor(logging.INFO):
-        expires_in = None if tok.expires_at is None else round(tok.expires_at - now, 1)
-        log.info(
-            "token %s",
-            event,
-            extra={"route": route, "event": event, "source": source, "expires_in": expires_in},
-        )
 
 
 def _newer(a: Token, b: Token) -> bool:
