@@ -38,7 +38,7 @@ from yarl import URL
 
 from proxy.config import Config, RefreshTokenAuth, RouteConfig, TLSConfig
 from proxy.flows.client import TokenClient
-from proxy.flows.client_credentials import client_fields, oauth2_token
+from proxy.flows.client_credentials import client_fields, form_fields, oauth2_token
 from proxy.flows.http import request_json
 from proxy.route import auth_fingerprint, ssl_context
 from proxy.stores import StoreError, TokenStore, describe, open_store
@@ -282,10 +282,10 @@ async def _exchange(
         "code": code,
         "redirect_uri": auth.redirect_uri,
     }
-    headers = client_fields(auth.client_id, auth.client_secret, auth.client_auth, fields)
+    headers = client_fields(auth, auth.token_url, fields, time.time())
     if verifier is not None:
         fields["code_verifier"] = verifier
-    form = {k: str(v) for k, v in fields.items()}
+    form = form_fields(fields)
     up = URL(auth.token_url)
     ctx = ssl_context(route) if up.scheme == "https" or route.tls != TLSConfig() else None
     client = TokenClient(

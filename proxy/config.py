@@ -24,6 +24,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from yarl import URL
 
+from proxy.auth_config import COMMON, oauth_keys
+
 T = TypeVar("T")
 
 
@@ -185,9 +187,15 @@ class ClientCredentialsAuth:
     audience: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     body: Literal["form", "json"] = "form"
-    client_auth: Literal["body", "basic"] = "body"
+    client_auth: str = "body"
     default_ttl: float = 300.0
     type: Literal["oauth2_client_credentials"] = "oauth2_client_credentials"
+    # issue 13's standards (proxy/auth_config.py)
+    private_key: str | None = None
+    key_id: str | None = None
+    resource: tuple[str, ...] = ()
+    issuer: str | None = None
+    discovery_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,9 +209,37 @@ class RefreshTokenAuth:
     scope: str | None = None
     pkce: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
-    client_auth: Literal["body", "basic"] = "body"
+    client_auth: str = "body"
     default_ttl: float = 300.0
     type: Literal["oauth2_refresh_token"] = "oauth2_refresh_token"
+    # issue 13's standards (proxy/auth_config.py)
+    private_key: str | None = None
+    key_id: str | None = None
+    resource: tuple[str, ...] = ()
+    issuer: str | None = None
+    discovery_url: str | None = None
+    authorize_params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JwtBearerAuth:
+    """RFC 7523 section 2.1: a signed assertion exchanged for an access token."""
+
+    token_url: str
+    private_key: str
+    claims: Mapping[str, Any]
+    key_id: str | None = None
+    scope: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    client_id: str = ""
+    client_secret: str = ""
+    client_auth: str = "none"
+    resource: tuple[str, ...] = ()
+    issuer: str | None = None
+    discovery_url: str | None = None
+    assertion_ttl: float = 300.0
+    default_ttl: float = 300.0
+    type: Literal["oauth2_jwt_bearer"] = "oauth2_jwt_bearer"
 
 
 @dataclass(frozen=True)
@@ -239,8 +275,10 @@ class LoginAuth:
     type: Literal["login"] = "login"
 
 
-AuthConfig = NoAuth | StaticAuth | ClientCredentialsAuth | RefreshTokenAuth | LoginAuth
-TokenAuth = ClientCredentialsAuth | RefreshTokenAuth | LoginAuth
+AuthConfig = (
+    NoAuth | StaticAuth | ClientCredentialsAuth | RefreshTokenAuth | LoginAuth | JwtBearerAuth
+)
+TokenAuth = ClientCredentialsAuth | RefreshTokenAuth | LoginAuth | JwtBearerAuth
 
 
 @dataclass(frozen=True)
@@ -326,7 +364,7 @@ ROUTE_KEYS = DEFAULT_KEYS | {
 #: keys whose values are secrets even when written literally
 SECRET_KEYS = {
     "client_secret", "password", "api_key", "refresh_token", "value", "inbound_token",
-    "encryption_key", "clientSecret",
+    "encryption_key", "clientSecret", "private_key",
 }  # fmt: skip
 
 
@@ -686,21 +724,22 @@ def _parse_auth(p: _Parser, data: Any, path: str) -> tuple[AuthConfig | None, st
             path,
             {
                 "type", "token_url", "client_id", "client_secret", "scope", "audience",
-                "extra", "body", "client_auth", "default_ttl",
+                "extra", "body", "client_auth", "default_ttl", *COMMON,
             },
         )  # fmt: skip
         extra = p.resolve(d.get("extra") or {}, f"{path}.extra")
+        std = oauth_keys(p, d, path, kind)
         return (
             ClientCredentialsAuth(
-                token_url=p.value(d, "token_url", path, _http_url, _MISSING) or "",
+                token_url=p.value(d, "token_url", path, _http_url, _token_url(std)) or "",
                 client_id=p.string(d, "client_id", path) or "",
-                client_secret=p.string(d, "client_secret", path) or "",
+                client_secret=p.string(d, "client_secret", path, _secret(std)) or "",
                 scope=p.value(d, "scope", path, _scope, None),
                 audience=p.string(d, "audience", path, None),
                 extra=extra if isinstance(extra, dict) else {},
                 body=p.choice(d, "body", path, ("form", "json"), "form"),
-                client_auth=p.choice(d, "client_auth", path, ("body", "basic"), "body"),
                 default_ttl=p.duration(d, "default_ttl", path, 300.0),
+                **std,
             ),
             None,
             None,
@@ -712,27 +751,30 @@ def _parse_auth(p: _Parser, data: Any, path: str) -> tuple[AuthConfig | None, st
             {
                 "type", "token_url", "client_id", "client_secret", "refresh_token",
                 "authorize_url", "redirect_uri", "scope", "pkce", "extra", "client_auth",
-                "default_ttl",
+                "default_ttl", "authorize_params", *COMMON,
             },
         )  # fmt: skip
         extra = p.resolve(d.get("extra") or {}, f"{path}.extra")
+        std = oauth_keys(p, d, path, kind)
         return (
             RefreshTokenAuth(
-                token_url=p.value(d, "token_url", path, _http_url, _MISSING) or "",
+                token_url=p.value(d, "token_url", path, _http_url, _token_url(std)) or "",
                 client_id=p.string(d, "client_id", path) or "",
-                client_secret=p.string(d, "client_secret", path) or "",
+                client_secret=p.string(d, "client_secret", path, _secret(std)) or "",
                 refresh_token=p.string(d, "refresh_token", path, None) or None,
                 authorize_url=p.value(d, "authorize_url", path, _http_url, None),
                 redirect_uri=p.value(d, "redirect_uri", path, _http_url, None),
                 scope=p.value(d, "scope", path, _scope, None),
                 pkce=p.boolean(d, "pkce", path, False),
                 extra=extra if isinstance(extra, dict) else {},
-                client_auth=p.choice(d, "client_auth", path, ("body", "basic"), "body"),
                 default_ttl=p.duration(d, "default_ttl", path, 300.0),
+                **std,
             ),
             None,
             None,
         )
+    if kind == "oauth2_jwt_bearer":
+        return _parse_jwt_bearer(p, data, path), None, None
     if kind == "login":
         d = p.section(data, path, {"type", "request", "response", "refresh", "default_ttl"})
         request = _parse_request(p, d.get("request"), f"{path}.request")
@@ -757,12 +799,43 @@ def _parse_auth(p: _Parser, data: Any, path: str) -> tuple[AuthConfig | None, st
             None,
             None,
         )
-    known = "none, static, oauth2_client_credentials, oauth2_refresh_token, login"
+    known = (
+        "none, static, oauth2_client_credentials, oauth2_refresh_token, oauth2_jwt_bearer, login"
+    )
     if kind is None:
         p.error(f"{path}.type", f"is required (one of {known}), or give a preset")
     else:
         p.error(f"{path}.type", f"unknown auth type {kind!r}; one of {known}")
     return None, None, None
+
+
+def _token_url(std: dict[str, Any]) -> Any:
+    # Discovery (issuer/discovery_url) brings the token endpoint; else it is required.
+    return "" if std.get("issuer") or std.get("discovery_url") else _MISSING
+
+
+def _secret(std: dict[str, Any]) -> Any:
+    # Clients that do not authenticate with a secret need none.
+    no_secret = ("none", "private_key_jwt", "tls_client_auth")
+    return "" if std.get("client_auth") in no_secret else _MISSING
+
+
+def _parse_jwt_bearer(p: _Parser, data: dict[str, Any], path: str) -> JwtBearerAuth:
+    keys = {"type", "token_url", "claims", "scope", "extra", "client_id", "client_secret"}
+    d = p.section(data, path, keys | COMMON | {"default_ttl", "assertion_ttl"})
+    std = oauth_keys(p, d, path, "oauth2_jwt_bearer")
+    if "client_auth" not in d:
+        std["client_auth"] = "none" if "client_secret" not in d else "body"
+    extra = p.resolve(d.get("extra") or {}, f"{path}.extra")
+    return JwtBearerAuth(
+        token_url=p.value(d, "token_url", path, _http_url, _token_url(std)) or "",
+        scope=p.value(d, "scope", path, _scope, None),
+        extra=extra if isinstance(extra, dict) else {},
+        client_id=p.string(d, "client_id", path, ""),
+        client_secret=p.string(d, "client_secret", path, ""),
+        default_ttl=p.duration(d, "default_ttl", path, 300.0),
+        **std,
+    )
 
 
 def _parse_route(
@@ -804,6 +877,10 @@ def _parse_route(
     if "{access_token}" not in inject.format:
         p.error(f"{path}.inject.format", "must contain {access_token}")
 
+    tls = _parse_tls(p, d.get("tls"), f"{path}.tls")
+    if getattr(auth, "client_auth", None) == "tls_client_auth" and not tls.client_cert:
+        p.error(f"{path}.auth.client_auth", "tls_client_auth needs the route's tls.client_cert")
+
     def pick(key: str, getter: Callable[..., Any]) -> Any:
         if key in d:
             return getter(d, key, path, defaults[key])
@@ -816,7 +893,7 @@ def _parse_route(
         auth=auth or NoAuth(),
         inject=inject,
         pass_client_authorization=p.boolean(d, "pass_client_authorization", path, False),
-        tls=_parse_tls(p, d.get("tls"), f"{path}.tls"),
+        tls=tls,
         refresh_before=pick("refresh_before", p.duration),
         connect_timeout=pick("connect_timeout", p.duration),
         timeout=pick("timeout", p.duration),

@@ -61,6 +61,13 @@ def _header_line(name: str, value: str) -> bytes:
     return f"{name}: {value}\r\n".encode("latin-1")
 
 
+#: auth keys added after stores held tokens (issue 13), with their defaults
+_ADDED_AUTH_DEFAULTS: dict[str, Any] = {
+    "private_key": None, "key_id": None, "resource": (), "issuer": None,
+    "discovery_url": None, "authorize_params": {}, "dpop": False,
+}  # fmt: skip
+
+
 def auth_fingerprint(route: RouteConfig) -> str:
     """A digest of what identifies a route's token: its auth and upstream.
 
@@ -72,6 +79,11 @@ def auth_fingerprint(route: RouteConfig) -> str:
     adding one to the config after ``authorize`` must not orphan the stored token.
     """
     auth = asdict(route.auth)
+    # Keys added later enter the digest only when set: an upgrade must not orphan
+    # the stored tokens (a refresh token would need a new `authorize`).
+    for key, default in _ADDED_AUTH_DEFAULTS.items():
+        if key in auth and auth[key] == default:
+            del auth[key]
     if route.auth.type == "oauth2_refresh_token":
         auth.pop("refresh_token", None)
     ident = {"auth": auth, "upstream": route.upstream}

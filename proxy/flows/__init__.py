@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.config import ClientCredentialsAuth, LoginAuth, RefreshTokenAuth, RouteConfig
+from proxy.config import (
+    ClientCredentialsAuth,
+    JwtBearerAuth,
+    LoginAuth,
+    RefreshTokenAuth,
+    RouteConfig,
+)
 
 if TYPE_CHECKING:
     from proxy.clock import Clock
@@ -31,6 +37,10 @@ def build_source(
         from proxy.flows.refresh_token import RefreshTokenFlow
 
         return RefreshTokenFlow(route.name, auth, client, clock, count)
+    if isinstance(auth, JwtBearerAuth):
+        from proxy.flows.jwt_bearer import JwtBearerFlow
+
+        return JwtBearerFlow(route.name, auth, client, clock, count)
     if isinstance(auth, LoginAuth):
         from proxy.flows.login import LoginFlow
 

@@ -20,7 +20,7 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -40,7 +40,7 @@ async def request_json(
     url: str,
     *,
     headers: Mapping[str, str] | None = None,
-    form: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     json_body: Any = None,
     what: str = "token endpoint",
 ) -> dict[str, Any]:

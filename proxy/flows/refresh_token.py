@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy.config import RefreshTokenAuth
 from proxy.flows.base import Flow
-from proxy.flows.client_credentials import client_fields, oauth2_token
+from proxy.flows.client_credentials import client_fields, form_fields, oauth2_token
 from proxy.flows.http import request_json
 from proxy.tokens import NeedsConsent, Token, TokenFetchError
 
@@ -28,9 +28,9 @@ class RefreshTokenFlow(Flow[RefreshTokenAuth]):
         if not refresh:
             raise NeedsConsent(self.route)
         fields: dict[str, Any] = {"grant_type": "refresh_token", "refresh_token": refresh}
-        headers = client_fields(auth.client_id, auth.client_secret, auth.client_auth, fields)
+        headers = client_fields(auth, auth.token_url, fields, self.clock.time())
         fields.update(auth.extra)
-        form = {k: str(v) for k, v in fields.items()}
+        form = form_fields(fields)
         try:
             async with self.counted(self.grant) as req:
                 data = await request_json(
