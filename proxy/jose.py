@@ -3,6 +3,7 @@ assertions (RFC 7523), jwt-bearer grants, DPoP proofs. No I/O, no config."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 #: ``client_auth`` names (RFC 8414 ``token_endpoint_auth_methods_supported``)
@@ -44,4 +45,8 @@ def sign(claims: dict[str, Any], key: Any, key_id: str | None) -> str:
 
     alg = "HS256" if isinstance(key, str | bytes) else signing_alg(key)
     headers = {"kid": key_id} if key_id else None
-    return jwt.encode(claims, key, algorithm=alg, headers=headers)
+    with warnings.catch_warnings():
+        # pyjwt warns of an HMAC key under 256 bits; for client_secret_jwt the key is
+        # the client secret the provider issued, which authproxy cannot lengthen.
+        warnings.simplefilter("ignore")
+        return jwt.encode(claims, key, algorithm=alg, headers=headers)

@@ -261,9 +261,7 @@ async def _unusable_on_arrival(ttl: int) -> None:
                 # 1,600 token requests a second).
                 await asyncio.sleep(0.3)
                 assert fake.token_requests == 1
-                assert (
-                    await token_requests_metric(http, proxy.admin_url, outcome="unusable") == 1
-                )
+                assert await token_requests_metric(http, proxy.admin_url, outcome="unusable") == 1
                 clock.advance(1)  # past the first backoff step: one more attempt
                 await call(http, "GET", proxy.url + "/gp/a")
                 await asyncio.sleep(0.1)
