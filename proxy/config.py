@@ -1015,6 +1015,10 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
             raise ValueError("must be a file mode such as 0660")
         return m
 
+    if not problems:  # only a config otherwise valid is worth a network round trip
+        from proxy.discovery import discover
+
+        routes = discover(routes, p.error)
     config = Config(
         routes=tuple(routes),
         listen=listen,

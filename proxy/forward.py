@@ -357,6 +357,7 @@ async def _replay_401(
         raise
     head = request_head(request, route, target, ex.request_id, route.auth_line(fresh), framing)
     again = await _send(request, route, head, body, None, ex)
+    manager.replayed(fresh, again.status)
     route.count_retry("failed" if again.status == 401 else "replayed")
     ex.replayed = True
     return again

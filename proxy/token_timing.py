@@ -97,16 +97,10 @@ class RefusalCooldown:
         """A refused token was replaced less than a (jittered) cooldown ago."""
         return "replaced" in self._recent
 
-    def refused_again(self, route: str, *, replacement: bool) -> bool:
-        """A current token was refused: True when it must be kept (refused fresh).
-
-        ``replacement`` says the token is the one fetched to replace a refused
-        one. The warning is logged once per episode: a token that had worked
-        (not a replacement) being refused starts a new one.
-        """
+    def refused_again(self, route: str) -> bool:
+        """The replacement token was refused too: True while the window is open
+        (the token is then kept). The warning is logged once per episode."""
         if not self.active():
-            if not replacement:
-                self._logged = False
             return False
         if not self._logged:
             self._logged = True
@@ -119,7 +113,10 @@ class RefusalCooldown:
             )
         return True
 
-    def start(self) -> None:
-        """A refused token is being replaced now: open a window."""
+    def start(self, *, new_episode: bool) -> None:
+        """A refused token is being replaced now: open a window. ``new_episode``:
+        the refused token had worked (it was no suspect replacement)."""
+        if new_episode:
+            self._logged = False
         if self.cooldown > 0:
             self._recent["replaced"] = self.cooldown * (1.0 + COOLDOWN_JITTER * self._rand())

@@ -168,16 +168,18 @@ class TokenManager:
         - ``dropped``: it was current and is gone; the next :meth:`get` fetches.
         - ``newer``: a newer token had already replaced it; retry with that one.
         - ``refused_fresh``: a refused token was replaced less than
-          ``refused_cooldown`` ago and this one is refused too: it is kept, and
-          the caller hands the 401 to its client as is. Replacing it would only
-          hammer the provider: the upstream refuses fresh tokens.
+          ``refused_cooldown`` ago and the replacement, not yet seen working
+          (:meth:`replayed`), is refused too: it is kept, and the caller hands
+          the 401 to its client as is. Replacing it would only hammer the
+          provider: the upstream refuses fresh tokens.
         """
         current = self._token
         if current is None or current.access_token != token.access_token:
             return "newer"
-        if self.cooldown.refused_again(self.route, replacement=current is self._replacement):
+        suspect = current is self._replacement
+        if suspect and self.cooldown.refused_again(self.route):
             return "refused_fresh"
-        self.cooldown.start()
+        self.cooldown.start(new_episode=not suspect)
         self._refused = current
         self._token = None
         self._cancel_timer()
@@ -186,6 +188,15 @@ class TokenManager:
             extra={"route": self.route, "event": "invalidated", "source": current.how},
         )
         return "dropped"
+
+    def replayed(self, token: Token, status: int) -> None:
+        """A request replayed with ``token`` after a 401 got ``status``.
+
+        A replacement that worked is no suspect: when it is refused later (another
+        replica rotated it, a revocation), it is replaced at once, cooldown or not.
+        """
+        if status != 401 and token is self._replacement:
+            self._replacement = None
 
     async def prime(self) -> Token:
         """Fetch (or load) a token now; used at start-up and by ``authproxy token``."""

@@ -353,3 +353,19 @@ routes:
         assert fake.token_requests == 1
         clock.advance(0.5)  # 1.1 s > token_timeout
         await wait_for(lambda: fake.token_requests == 2, timeout=3)
+
+
+async def test_a_replacement_that_worked_is_replaced_at_once_when_revoked(
+    start_proxy: Any, clock: ManualClock, http: Any
+) -> None:
+    # The cooldown must not hold a token that worked: with Invoice.ng and shared
+    # stores, another replica's refresh revokes it within seconds (found by
+    # tests/test_stores_redis.py with a first version of the cooldown).
+    fake = GetPaid(clock=clock)
+    async with serve(fake) as url:
+        proxy = await start_proxy(yaml_for(url), clock=clock)
+        assert (await call(http, "GET", proxy.url + "/gp/a"))[0] == 200
+        for _ in range(3):  # revoked again and again, inside one cooldown
+            fake.revoke_all()
+            assert (await call(http, "GET", proxy.url + "/gp/a"))[0] == 200
+        assert fake.token_requests == 4
