@@ -250,3 +250,24 @@ def test_basic_auth_encodes_as_rfc6749() -> None:
 
     expected = base64.b64encode(b"a%3Ab:c%20d").decode()
     assert basic_auth("a:b", "c d") == f"Basic {expected}"
+
+
+def test_explain_shows_the_standards_keys_and_masks_the_key(tmp_path: Path) -> None:
+    from proxy.explain import explain
+
+    pem, _ = pem_pair("ec", tmp_path)
+    text = f"""routes:
+  api:
+    upstream: http://127.0.0.1:9/
+    auth:
+      type: oauth2_jwt_bearer
+      token_url: http://127.0.0.1:9/token
+      private_key: ${{file:{pem}}}
+      key_id: k1
+      claims: {{iss: me, aud: "http://127.0.0.1:9/"}}
+      resource: [https://api.example/]
+"""
+    out = explain(configmod.parse(text, {}))
+    assert "type: oauth2_jwt_bearer" in out and "private_key: '***'" in out
+    assert "https://api.example/" in out and "key_id: k1" in out
+    assert "PRIVATE KEY" not in out and pem.read_text().splitlines()[1] not in out
