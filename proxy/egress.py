@@ -34,7 +34,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote, urlsplit
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,15}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
@@ -80,6 +80,15 @@ class ProxyURL:
             return None
         pair = f"{self.username}:{self._password or ''}".encode()
         return b"Proxy-Authorization: Basic " + base64.b64encode(pair) + b"\r\n"
+
+    def url_with_credentials(self) -> str:
+        """The URL with the password in it, percent-encoded: only for a client that
+        takes its proxy that way (urllib, for discovery). Never log it."""
+        cred = ""
+        if self.username is not None:
+            cred = quote(self.username, safe="")
+            cred += f":{quote(self._password, safe='')}@" if self._password else "@"
+        return f"http://{cred}{self.authority}"
 
     def __str__(self) -> str:
         cred = ""
@@ -138,6 +147,14 @@ class EgressConfig:
             if rule.matches(name, ip, port):
                 return None
         return proxy
+
+    def urllib_proxies(self, url: str) -> dict[str, str]:
+        """``urllib.request.ProxyHandler``'s mapping for one request to ``url``:
+        ``{}`` (direct) or its scheme's proxy (https is tunnelled with CONNECT)."""
+        u = urlsplit(url)
+        port = u.port or (443 if u.scheme == "https" else 80)
+        proxy = self.proxy_for(u.scheme, u.hostname or "", port)
+        return {} if proxy is None else {u.scheme: proxy.url_with_credentials()}
 
     def describe(self, url: str) -> str:
         """How a connection to ``url`` goes, for ``check --explain``."""
