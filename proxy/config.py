@@ -196,6 +196,7 @@ class ClientCredentialsAuth:
     resource: tuple[str, ...] = ()
     issuer: str | None = None
     discovery_url: str | None = None
+    dpop: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ class RefreshTokenAuth:
     resource: tuple[str, ...] = ()
     issuer: str | None = None
     discovery_url: str | None = None
+    dpop: bool = False
     authorize_params: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -237,6 +239,7 @@ class JwtBearerAuth:
     resource: tuple[str, ...] = ()
     issuer: str | None = None
     discovery_url: str | None = None
+    dpop: bool = False
     assertion_ttl: float = 300.0
     default_ttl: float = 300.0
     type: Literal["oauth2_jwt_bearer"] = "oauth2_jwt_bearer"
