@@ -390,10 +390,14 @@ class StandardsServer(FakeProvider):
 
 
 def _common_name(cert: Any) -> str | None:
+    """The subject's CN, else its first DNS SAN (RFC 8705 2.1.2's tls_client_auth_san_dns)."""
     if not cert:
         return None
     for rdn in cert.get("subject", ()):
         for key, value in rdn:
             if key == "commonName":
                 return str(value)
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "DNS":
+            return str(value)
     return None
