@@ -171,7 +171,8 @@ class Metrics:
         )
         self.token_requests = Counter(
             "authproxy_token_requests_total",
-            "HTTP requests to token endpoints, by route, grant and outcome (success, error, unusable).",
+            "HTTP requests to token endpoints, by route, grant and outcome "
+            "(success, error, unusable).",
             ["route", "grant", "outcome"],
             registry=r,
         )
