@@ -29,6 +29,8 @@ log = logging.getLogger("authproxy.tokens")
 
 #: a token this close to its expiry is not sent any more: it could expire in flight
 EXPIRY_SKEW = 1.0
+#: while the shared store is down, how often a kept token's refresh is reconsidered
+STORE_RETRY = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +329,9 @@ class TokenManager:
             if stored is not None and self._adoptable(stored, previous):
                 _log_event("obtained", self.route, "store", stored, self.clock.time())
                 return self._set(replace(stored, how="store") if stored.how != "store" else stored)
+            current = self._token
+            if current is not None and current.usable(self.clock.time()) and _alone(self.store):
+                return self._keep(current)
             if stored is not None and (previous is None or _newer(stored, previous)):
                 previous = stored
             log.debug(
@@ -395,6 +400,18 @@ class TokenManager:
             return self._token is None and (at is None or now < at)
         at = self.refresh_at(stored)
         return at is None or now < at
+
+    def _keep(self, tok: Token) -> Token:
+        """The shared store is down: an early refresh now would revoke the other
+        replicas' copy of this token at strict providers (Invoice.ng), so keep it
+        until an upstream refuses it or it expires; look again in a moment."""
+        now = self.clock.time()
+        until = now + STORE_RETRY
+        if tok.expires_at is not None:
+            until = max(now, min(until, tok.expires_at - EXPIRY_SKEW))
+        self._fresh_token, self._fresh_until = tok, until
+        self._arm(until - now)
+        return tok
 
     def _set(self, tok: Token) -> Token:
         self._token = tok
@@ -483,6 +500,11 @@ def _log_event(event: str, route: str, source: str, tok: Token, now: float) -> N
             event,
             extra={"route": route, "event": event, "source": source, "expires_in": expires_in},
         )
+
+
+def _alone(store: Any) -> bool:
+    """True while a shared store cannot coordinate the replicas (Redis down)."""
+    return getattr(store, "coordinated", True) is False
 
 
 def _newer(a: Token, b: Token) -> bool:
