@@ -152,6 +152,14 @@ class RefreshLock:
             )
         return found
 
+    async def exercise(self, key: str) -> None:
+        """Take, renew and release ``key`` once with the scripts, letting every
+        Redis error through (for ``check --connect``)."""
+        value = f"{self.owner}:check"
+        await self.client.set(key, value, nx=True, px=5000)
+        await self._renew(keys=[key], args=[value, 5000])
+        await self._release(keys=[key], args=[value])
+
     def _no_scripts(self) -> None:
         if self._scripts:
             self._scripts = False

@@ -203,3 +203,11 @@ def store_state(store: object) -> dict[str, object]:
         return view
     kind = "file" if type(store).__name__ == "FileStore" else "memory"
     return {"type": kind, "state": "up"}
+
+
+def store_line(store: object) -> str:
+    """The store's state in words, for the status page."""
+    st = store_state(store)
+    where = f" at {st['where']}" if st.get("where") else ""
+    reason = f" ({st['reason']})" if st.get("reason") else ""
+    return f"token store: {st['type']}{where}, {st['state']}{reason}"

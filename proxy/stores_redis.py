@@ -224,6 +224,15 @@ class RedisStore:
 
     # -- Redis calls, outages and recovery -----------------------------------------------
 
+    @property
+    def client(self) -> Any:
+        """The redis-py client (a Redis, or a RedisCluster)."""
+        return self._redis
+
+    def key(self, kind: str, key: str) -> str:
+        """The Redis key of ``kind`` (token, lock) for a store key."""
+        return self._key(kind, key)
+
     def _key(self, kind: str, key: str) -> str:
         return f"{self.prefix}:{kind}:{{{key}}}" if self.cluster else f"{self.prefix}:{kind}:{key}"
 
