@@ -15,6 +15,7 @@ themselves rather than calling everything "unreachable".
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from proxy.config_store import CALL_BOUND, TokenStoreConfig
@@ -184,5 +185,9 @@ def name_error(exc: BaseException) -> str:
             return "not a cluster: this Redis has cluster mode off; set token_store.cluster: false"
         return f"cluster error ({type(exc).__name__})"
     if kind == "unreachable":
+        low = text.lower()
+        if "ssl" in low or "certificate" in low or "tls" in low:
+            m = re.search(r"\[SSL: [A-Z_]+\]|alert [a-z ]+|certificate verify failed", text)
+            return f"TLS handshake failed ({m.group(0) if m else 'see the TLS settings'})"
         return f"unreachable ({type(exc).__name__})"
     return f"error ({type(exc).__name__})"

@@ -219,7 +219,10 @@ def cluster() -> Iterator[list[Node]]:
                 f"{tmp}/n{i}/nodes.conf",
                 "--cluster-node-timeout",
                 "2000",
-            )  # fmt: skip
+                # explicit: the default (port + 10000) does not fit above port 55535
+                "--cluster-port",
+                str(free_port()),
+            )
             for i in range(3)
         ]
         try:
@@ -234,7 +237,10 @@ def cluster() -> Iterator[list[Node]]:
             def ok() -> bool:
                 for n in nodes:
                     with n.client() as c:
-                        if b"cluster_state:ok" not in c.execute_command("CLUSTER INFO"):
+                        info = c.execute_command("CLUSTER INFO")
+                        if isinstance(info, bytes):
+                            info = dict(x.split(":", 1) for x in info.decode().split())
+                        if info.get("cluster_state") != "ok":
                             return False
                 return True
 
