@@ -16,6 +16,7 @@ Each fixture stops what it started in teardown. Import them into a test module::
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -163,6 +164,12 @@ class SentinelSet:
 @pytest.fixture
 def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
     _need("redis-sentinel", "redis-sentinel")
+    with make_sentinel_set(tmp_path) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def make_sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
     master = Node(tmp_path / "master")
     nodes: list[Node] = [master]
     try:
@@ -209,6 +216,12 @@ def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
 def cluster() -> Iterator[list[Node]]:
     """Three masters, all slots covered; shared by a module's tests (FLUSHALL them)."""
     _need("redis-cli", "redis-tools")
+    with make_cluster() as nodes:
+        yield nodes
+
+
+@contextlib.contextmanager
+def make_cluster() -> Iterator[list[Node]]:
     with tempfile.TemporaryDirectory(prefix="authproxy-cluster-") as tmp:
         nodes = [
             Node(
@@ -263,6 +276,12 @@ class TLSFiles:
 @pytest.fixture(scope="module")
 def tls_node() -> Iterator[tuple[Node, TLSFiles]]:
     """A TLS-only redis-server that requires a client certificate (mTLS)."""
+    with make_tls_node() as made:
+        yield made
+
+
+@contextlib.contextmanager
+def make_tls_node() -> Iterator[tuple[Node, TLSFiles]]:
     import trustme
 
     with tempfile.TemporaryDirectory(prefix="authproxy-redis-tls-") as tmp:

@@ -278,3 +278,36 @@ def test_missing_redis_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(stores_redis, "aioredis", None)
     with pytest.raises(StoreError, match=r"pip install 'authproxy\[redis\]'"):
         open_store(TokenStoreConfig(type="redis", url="redis://127.0.0.1:1/0"))
+
+
+# -- keys expire ---------------------------------------------------------------------------
+
+
+async def test_token_keys_expire_a_little_past_the_token_or_its_refresh_token(
+    redis: RedisServer,  # noqa: F811
+    client: Any,
+) -> None:
+    # before: no TTL at all, so the keys of old route fingerprints stayed forever
+    store = open_store(TokenStoreConfig(type="redis", url=redis.url))
+    now = 1_000_000.0  # the manager's clock, whatever it is: lifetimes are what count
+    try:
+        await store.save("a:1", Token("t", expires_at=now + 300, obtained_at=now))
+        await store.save(
+            "b:1",
+            Token(
+                "t",
+                expires_at=now + 300,
+                refresh_token="r",
+                refresh_expires_at=now + 86400,
+                obtained_at=now,
+            ),
+        )
+        await store.save("c:1", Token("t", refresh_token="r", obtained_at=now))
+        ttl = {k: await client.pttl(f"authproxy:token:{k}") / 1000 for k in ("a:1", "b:1", "c:1")}
+    finally:
+        await store.close()
+    margin = stores_redis.TTL_MARGIN
+    assert 300 + margin - 5 < ttl["a:1"] <= 300 + margin
+    assert 86400 + margin - 5 < ttl["b:1"] <= 86400 + margin
+    # a refresh token of unknown expiry: kept long (each refresh renews it), not forever
+    assert 0 < ttl["c:1"] <= stores_redis.TTL_UNKNOWN
