@@ -118,8 +118,8 @@ async def test_redis_outage_during_the_refresh_window_starts_no_login_storm(
     fig = figures(load, fake, run_for, 10)
     assert fig["failed"] == 0, fig
     assert fake.logins == 1, fig  # the first one only; then refreshes, shared
-    # at most a request already under way when the other replica refreshed (replayed)
-    assert fig["reused_invalidated"] <= fake.refreshes, fig
+    # at most a request per replica already under way when one refreshed (replayed)
+    assert fig["reused_invalidated"] <= fake.refreshes * len(procs), fig
     down, up = states
     assert isinstance(down, dict) and down["state"] == "down" and down["reason"], states
     assert isinstance(up, dict) and up["state"] == "up", states

@@ -114,8 +114,8 @@ token_store:
     assert failed_over, "no failover"
     # requests keep working through the failover (a replica keeps its token meanwhile)
     assert fig["failed"] == 0, fig
-    # at most a request already under way when the other replica refreshed (replayed)
-    assert fig["reused_invalidated"] <= fake.refreshes, fig
+    # at most a request per replica already under way when one refreshed (replayed)
+    assert fig["reused_invalidated"] <= fake.refreshes * len(procs), fig
     # after it the replicas share again: one login in all, the refreshes went
     # through the new master, which holds the one token the provider still accepts
     assert fake.logins == 1 and fake.refreshes >= 1, fig
@@ -150,8 +150,8 @@ token_store:
     load, procs = await run_replicas(tmp_path, store, fake, 7.0)
     fig = figures(load, fake, 7.0, 3)
     assert fig["failed"] == 0 and fake.logins == 1 and fake.refreshes >= 2, fig
-    # at most a request already under way when the other replica refreshed (replayed)
-    assert fig["reused_invalidated"] <= fake.refreshes, fig
+    # at most a request per replica already under way when one refreshed (replayed)
+    assert fig["reused_invalidated"] <= fake.refreshes * len(procs), fig
     keys: list[bytes] = []
     for n in cluster:
         with n.client() as c:
