@@ -342,7 +342,10 @@ async def _replay_401(
     """The upstream refused ``token``: drop it, and replay once if the body allows."""
     manager = route.manager
     assert manager is not None
-    manager.invalidate(token)
+    if manager.refused(token) == "refused_fresh":
+        # A fresh token refused again: the 401 goes to the client as it came.
+        route.count_retry("refused_fresh")
+        return resp
     if streamed is not None:
         route.count_retry("not_replayable")
         return resp
@@ -354,6 +357,7 @@ async def _replay_401(
         raise
     head = request_head(request, route, target, ex.request_id, route.auth_line(fresh), framing)
     again = await _send(request, route, head, body, None, ex)
+    manager.replayed(fresh, again.status)
     route.count_retry("failed" if again.status == 401 else "replayed")
     ex.replayed = True
     return again

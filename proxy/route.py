@@ -24,6 +24,7 @@ from proxy.config import RouteConfig, StaticAuth, TLSConfig
 from proxy.errors import TokenUnavailable
 from proxy.flows import build_source
 from proxy.flows.client import TokenClient
+from proxy.token_events import TokenMetrics
 from proxy.tokens import Token, TokenManager
 from proxy.upstream import UpstreamPool
 
@@ -60,6 +61,13 @@ def _header_line(name: str, value: str) -> bytes:
     return f"{name}: {value}\r\n".encode("latin-1")
 
 
+#: auth keys added after stores held tokens (issue 13), with their defaults
+_ADDED_AUTH_DEFAULTS: dict[str, Any] = {
+    "private_key": None, "key_id": None, "resource": (), "issuer": None,
+    "discovery_url": None, "authorize_params": {}, "dpop": False,
+}  # fmt: skip
+
+
 def auth_fingerprint(route: RouteConfig) -> str:
     """A digest of what identifies a route's token: its auth and upstream.
 
@@ -71,6 +79,11 @@ def auth_fingerprint(route: RouteConfig) -> str:
     adding one to the config after ``authorize`` must not orphan the stored token.
     """
     auth = asdict(route.auth)
+    # Keys added later enter the digest only when set: an upgrade must not orphan
+    # the stored tokens (a refresh token would need a new `authorize`).
+    for key, default in _ADDED_AUTH_DEFAULTS.items():
+        if key in auth and auth[key] == default:
+            del auth[key]
     if route.auth.type == "oauth2_refresh_token":
         auth.pop("refresh_token", None)
     ident = {"auth": auth, "upstream": route.upstream}
@@ -128,7 +141,8 @@ class RouteRuntime:
                 timeout=config.token_timeout,
                 connect_timeout=config.connect_timeout,
             )
-            source = build_source(config, self.token_client, clock)
+            events = TokenMetrics(metrics, config.name)
+            source = build_source(config, self.token_client, clock, events.request)
             if source is not None:
                 self.header = istr(config.inject.header)
                 self.header_key = config.inject.header.lower().encode("latin-1")
@@ -140,7 +154,9 @@ class RouteRuntime:
                     clock=clock,
                     refresh_before=config.refresh_before,
                     token_timeout=config.token_timeout,
-                    events=metrics,
+                    events=events,
+                    refused_cooldown=config.refused_cooldown,
+                    backoff_cap=config.backoff_cap,
                 )
         self.inflight = 0
         # Read at scrape time: cheaper than two locked updates per request.

@@ -20,7 +20,7 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -40,7 +40,7 @@ async def request_json(
     url: str,
     *,
     headers: Mapping[str, str] | None = None,
-    form: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     json_body: Any = None,
     what: str = "token endpoint",
 ) -> dict[str, Any]:
@@ -96,11 +96,11 @@ async def request_json(
 def _client_error(exc: ClientError, what: str) -> TokenFetchError:
     """A transport failure, worded for the endpoint."""
     if exc.kind == "timeout":
-        return TokenFetchError(f"{what} did not answer in time")
+        return TokenFetchError(f"{what} did not answer in time", lost=True)
     if exc.kind == "too_large":
         return _too_large(exc.status, what)
     if exc.kind == "cut":
-        return TokenFetchError(f"{what} answer was cut short")
+        return TokenFetchError(f"{what} answer was cut short", lost=True)
     if exc.kind == "tls":
         return TokenFetchError(f"TLS with the {what} failed ({exc.detail})")
     if exc.kind == "connect":
@@ -140,6 +140,7 @@ def _status_error(status: int, raw: bytes, retry_after: float | None, what: str)
         status=status,
         retryable=retryable,
         retry_after=retry_after if retryable else None,
+        error_code=code,
     )
 
 
