@@ -234,6 +234,13 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.token_store_up = Gauge(
+            "authproxy_token_store_up",
+            "1 while the token store is usable (shared tokens and lock), 0 while it is down.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.token_store_up.set(1)
         self._cache_children: dict[tuple[str, bool], Any] = {}
         self._inflight: dict[str, Callable[[], float]] = {}
         for outcome in ("success", "error"):
