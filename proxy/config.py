@@ -18,13 +18,16 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import yaml
 from yarl import URL
 
 from proxy.auth_config import COMMON, oauth_keys
+from proxy.config_store import SentinelConfig as SentinelConfig
+from proxy.config_store import TokenStoreConfig as TokenStoreConfig
+from proxy.config_store import lease_for, parse_token_store
 from proxy.egress import EgressConfig, parse_setting
 
 T = TypeVar("T")
@@ -197,6 +200,7 @@ class ClientCredentialsAuth:
     resource: tuple[str, ...] = ()
     issuer: str | None = None
     discovery_url: str | None = None
+    dpop: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,7 @@ class RefreshTokenAuth:
     resource: tuple[str, ...] = ()
     issuer: str | None = None
     discovery_url: str | None = None
+    dpop: bool = False
     authorize_params: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -238,6 +243,7 @@ class JwtBearerAuth:
     resource: tuple[str, ...] = ()
     issuer: str | None = None
     discovery_url: str | None = None
+    dpop: bool = False
     assertion_ttl: float = 300.0
     default_ttl: float = 300.0
     type: Literal["oauth2_jwt_bearer"] = "oauth2_jwt_bearer"
@@ -304,16 +310,6 @@ class RouteConfig:
     egress_proxy: EgressConfig | None = None
     refused_cooldown: float = 5.0
     backoff_cap: float = 10.0
-
-
-@dataclass(frozen=True)
-class TokenStoreConfig:
-    type: Literal["memory", "file", "redis"] = "memory"
-    path: str | None = None
-    url: str | None = None
-    encryption_key: str | None = None
-    key_prefix: str = "authproxy"
-    lock_lease: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -940,21 +936,14 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
     if top.get("admin_listen") is not False:  # `admin_listen: false` turns it off
         admin = p.value(top, "admin_listen", "", parse_listen, Listen("127.0.0.1", 9090))
 
-    ts = p.section(
-        top.get("token_store"), "token_store", {f for f in TokenStoreConfig.__dataclass_fields__}
+    store = parse_token_store(
+        p,
+        top.get("token_store"),
+        secret=lambda v: Secret(_as_str(v)),
+        fernet_key=_fernet_key,
+        parse_tls=_parse_tls,
+        lease=15.0,
     )
-    store = TokenStoreConfig(
-        type=p.choice(ts, "type", "token_store", ("memory", "file", "redis"), "memory"),
-        path=p.string(ts, "path", "token_store", None),
-        url=p.string(ts, "url", "token_store", None),
-        encryption_key=p.value(ts, "encryption_key", "token_store", _fernet_key, None),
-        key_prefix=p.string(ts, "key_prefix", "token_store", "authproxy"),
-        lock_lease=p.duration(ts, "lock_lease", "token_store", 15.0),
-    )
-    if store.type == "file" and not store.path:
-        p.error("token_store.path", "is required for a file store")
-    if store.type == "redis" and not store.url:
-        p.error("token_store.url", "is required for a redis store")
 
     lim = p.section(top.get("limits"), "limits", {f for f in Limits.__dataclass_fields__})
     limits = Limits(
@@ -992,6 +981,9 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
             r = _parse_route(p, str(name), data, f"routes.{name}", defaults, limits)
             if r is not None:
                 routes.append(r)
+    raw_store = top.get("token_store")
+    if not (isinstance(raw_store, dict) and "lock_lease" in raw_store):
+        store = replace(store, lock_lease=lease_for([r.token_timeout for r in routes]))
     seen: dict[str, str] = {}
     for r in routes:
         if r.prefix in seen:

@@ -259,7 +259,7 @@ async def forward(
         token = await manager.get()
         if token is not cached:
             ex.token_fetched = True
-        auth_line = route.auth_line(token)
+        auth_line = route.auth_for(token, request.method, target)
 
     # The whole exchange has one deadline, which cancels this task: what
     # asyncio.timeout() does, at a fraction of its per-request cost (see
@@ -342,6 +342,16 @@ async def _replay_401(
     """The upstream refused ``token``: drop it, and replay once if the body allows."""
     manager = route.manager
     assert manager is not None
+    if streamed is None and route.dpop_challenge(target, resp.headers):
+        # RFC 9449 9: the resource server wants a nonce; the same token, a new proof.
+        await _discard(resp)
+        head = request_head(
+            request, route, target, ex.request_id, route.auth_for(token, request.method, target),
+            framing,
+        )  # fmt: skip
+        resp = await _send(request, route, head, body, None, ex)
+        if resp.status != 401:
+            return resp
     if manager.refused(token) == "refused_fresh":
         # A fresh token refused again: the 401 goes to the client as it came.
         route.count_retry("refused_fresh")
@@ -355,7 +365,8 @@ async def _replay_401(
     except ProxyError:
         route.count_retry("failed")
         raise
-    head = request_head(request, route, target, ex.request_id, route.auth_line(fresh), framing)
+    auth = route.auth_for(fresh, request.method, target)
+    head = request_head(request, route, target, ex.request_id, auth, framing)
     again = await _send(request, route, head, body, None, ex)
     manager.replayed(fresh, again.status)
     route.count_retry("failed" if again.status == 401 else "replayed")

@@ -59,7 +59,9 @@ class Backoff:
     rand: Callable[[], float] = field(default=random.random)
 
     def delay(self, attempt: int) -> float:
-        ceiling: float = min(self.cap, self.base * (2.0 ** max(0, attempt - 1)))
+        # A cap under the first step (backoff_cap: 0) must not mean "retry at once".
+        cap = max(self.cap, self.base)
+        ceiling: float = min(cap, self.base * (2.0 ** max(0, attempt - 1)))
         # Jittered, but never less than half the step: replicas spread out and
         # the provider still sees at most one attempt per step.
         return ceiling * (0.5 + 0.5 * self.rand())

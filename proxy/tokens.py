@@ -38,6 +38,9 @@ from proxy.token_timing import BACKOFF_CAP, REFUSED_COOLDOWN, Backoff, RefusalCo
 
 log = logging.getLogger("authproxy.tokens")
 
+#: while the shared store is down, how often a kept token's refresh is reconsidered
+STORE_RETRY = 2.0
+
 #: grants that spend a refresh token: retrying one whose answer was lost may
 #: present an already rotated refresh token (see TokenManager._fail)
 REFRESH_GRANTS = frozenset({"refresh_token", "login_refresh"})
@@ -245,6 +248,9 @@ class TokenManager:
             if stored is not None and self._adoptable(stored, previous):
                 log_token_event("obtained", self.route, "store", stored, self.clock.time())
                 return self._set(replace(stored, how="store") if stored.how != "store" else stored)
+            current = self._token
+            if current is not None and current.usable(self.clock.time()) and _alone(self.store):
+                return self._keep(current)
             if stored is not None and (previous is None or _newer(stored, previous)):
                 previous = stored
             log.debug(
@@ -323,6 +329,16 @@ class TokenManager:
             return self._token is None and (at is None or now < at)
         at = self.refresh_at(stored)
         return at is None or now < at
+
+    def _keep(self, tok: Token) -> Token:
+        """The shared store is down: refreshing alone would revoke the other
+        replicas' copy of this token at strict providers (Invoice.ng). Keep it
+        until it is refused or expires; look again in STORE_RETRY seconds."""
+        now = self.clock.time()
+        until = min(now + STORE_RETRY, tok.usable_until or math.inf)
+        self._fresh_token, self._fresh_until = tok, until
+        self._arm(max(0.0, until - now))
+        return tok
 
     def _set(self, tok: Token) -> Token:
         self._token = tok
@@ -406,6 +422,11 @@ class TokenManager:
                 f"{exc.message}; retrying in {wait:.0f}s", route=self.route, retry_after=wait
             )
         return TokenUnavailable(exc.message, route=self.route)
+
+
+def _alone(store: Any) -> bool:
+    """True while a shared store cannot coordinate the replicas (Redis down)."""
+    return getattr(store, "coordinated", True) is False
 
 
 def _newer(a: Token, b: Token) -> bool:
