@@ -10,14 +10,17 @@ sent reaches nobody.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import trustme
 
 from proxy.egress import ProxyURL
 from proxy.tunnel import Tunnel
 from proxy.upstream import UpstreamError, UpstreamPool
+from tests.forward_proxy import forward_proxy_fixture  # noqa: F401
 
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -121,3 +124,45 @@ async def test_silent_proxy_times_out_at_connect_timeout_naming_it(raw_proxy):
     assert str(err) == (
         f"connecting to the upstream through egress proxy 127.0.0.1:{port} took longer than 0.3s"
     )
+
+
+def test_tunnel_with_tls_inside_on_uvloop(forward_proxy, tmp_path):
+    """`authproxy serve` runs on uvloop: its transports take set_protocol and
+    start_tls as asyncio's do (a sync test: uvloop.run makes its own loop)."""
+    uvloop = pytest.importorskip("uvloop")
+    fp = forward_proxy(user="alice", password="pw-Secret-1")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    seen: list[bytes] = []
+
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> tuple[int, bytes]:
+        server = await asyncio.start_server(origin, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        tunnel = Tunnel(ProxyURL("127.0.0.1", fp.port, "alice", "pw-Secret-1"))
+        pool = UpstreamPool(
+            "localhost", port, ssl_context=client_ctx, connect_timeout=5, opener=tunnel
+        )
+        try:
+            resp = await pool.request(
+                "GET", b"GET /v1 HTTP/1.1\r\nHost: localhost\r\n\r\n", None, chunked=False
+            )
+            body = await resp.read_all(100)
+            resp.close()
+            return resp.status, body
+        finally:
+            pool.close()
+            server.close()
+            await server.wait_closed()
+
+    assert uvloop.run(scenario()) == (200, b"ok")
+    assert seen == [b"GET /v1 HTTP/1.1\r\nHost: localhost\r\n\r\n"]
+    assert len(fp.connects()) == 1
