@@ -1,12 +1,11 @@
 """Connections through an HTTP egress proxy: a CONNECT tunnel, then TLS inside it.
 
-:class:`Tunnel` opens a connection the way the HTTP client's own connect does
-(``tunnel(factory, host, port, ssl_context=..., timeout=...)``, the pool's
-``opener``): it connects to the proxy, asks it to ``CONNECT host:port`` (with
-``Proxy-Authorization`` when the proxy URL has credentials), and on a 2xx answer
-hands the raw byte stream to the caller's protocol, after ``loop.start_tls`` when
-the origin is https (verified with the route's own TLS context, SNI and hostname
-check against the origin, never the proxy).
+:class:`Tunnel` is a drop-in for ``loop.create_connection(factory, host, port,
+ssl=..., server_hostname=...)``: it connects to the proxy, asks it to ``CONNECT
+host:port`` (with ``Proxy-Authorization`` when the proxy URL has credentials),
+and on a 2xx answer hands the raw byte stream to the caller's protocol, after
+``loop.start_tls`` when the origin is https (verified with the route's own TLS
+context, SNI and hostname check against the origin, never the proxy).
 
 Plain-http origins go through CONNECT too, rather than as absolute-form
 requests to the proxy: the request bytes are then exactly those a direct
@@ -15,8 +14,8 @@ second mode, and the injected token never sits in a request the proxy parses.
 
 The proxy's answer is found by its blank line (bounded to :data:`MAX_HEAD`) and
 parsed by llhttp (httptools), as the rest of authproxy parses HTTP. Failures
-are the client's connect errors (a 502; 504 past ``timeout``), whose message
-names the proxy's ``host:port`` and its status, never its credentials.
+are :class:`~proxy.upstream.UpstreamError` with ``connect`` set (a 502), whose
+message names the proxy's ``host:port`` and its status, never its credentials.
 """
 
 from __future__ import annotations
@@ -91,7 +90,7 @@ class _Handshake(asyncio.Protocol):
 
     def _fail(self, message: str) -> None:
         if not self.answer.done():
-            self.answer.set_exception(_connect_error(message))
+            self.answer.set_exception(UpstreamError(message, connect=True, detail=message))
 
 
 def _printable(reason: bytes) -> str:
@@ -114,7 +113,7 @@ class Tunnel:
     def _request(self, host: str, port: int) -> bytes:
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if any(c in target for c in "\r\n\x00 "):
-            raise _connect_error("invalid upstream host")
+            raise UpstreamError("invalid upstream host", connect=True, detail="invalid host")
         return (
             f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
             f"User-Agent: authproxy/{__version__}\r\n".encode("ascii")
@@ -122,86 +121,64 @@ class Tunnel:
             + b"\r\n"
         )
 
-    async def __call__(
+    async def open_connection(
         self,
         factory: Callable[[], P],
         host: str,
         port: int,
         *,
-        ssl_context: _ssl.SSLContext | None,
-        timeout: float,
-    ) -> P:
-        """A connection to ``host:port`` through the proxy, TLS inside the tunnel when
-        ``ssl_context``; the protocol made by ``factory``, connected. ``timeout``
-        bounds all of it: connecting to the proxy, CONNECT, and the TLS handshake."""
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._open(factory, host, port, ssl_context)
-        except TimeoutError:
-            raise _timeout_error(
-                f"connecting to the upstream through egress proxy {self.name} took longer "
-                f"than {timeout:g}s"
-            ) from None
-        except _ssl.SSLError as exc:
-            reason = exc.reason or type(exc).__name__
-            raise _tls_error(f"TLS with the upstream failed ({reason})", reason) from exc
-
-    async def _open(
-        self, factory: Callable[[], P], host: str, port: int, ssl: _ssl.SSLContext | None
-    ) -> P:
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> tuple[asyncio.Transport, P]:
+        """``loop.create_connection(factory, host, port, ssl=..., server_hostname=...)``,
+        through the proxy. The caller bounds the time it takes (``connect_timeout``)."""
         loop = asyncio.get_running_loop()
         where = self.name
         request = self._request(host, port)
         try:
-            transport, handshake = await loop.create_connection(
+            raw, handshake = await loop.create_connection(
                 lambda: _Handshake(where), self.proxy.host, self.proxy.port
             )
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
-            raise _connect_error(f"cannot connect to egress proxy {where} ({reason})") from exc
+            message = f"cannot connect to egress proxy {where} ({reason})"
+            raise UpstreamError(message, connect=True, detail=message) from exc
+        transport = raw
         try:
             transport.write(request)
             status, reason, extra = await handshake.answer
             if not 200 <= status < 300:
                 message = f"egress proxy {where} refused CONNECT to {host}:{port}: {status}"
-                raise _connect_error(message + (f" {reason}" if reason else ""))
+                message += f" {reason}" if reason else ""
+                raise UpstreamError(message, connect=True, detail=message)
             if extra:
                 # Neither TLS nor HTTP/1.1 lets the origin speak first.
-                raise _connect_error(f"egress proxy {where} sent data before the tunnel was used")
+                message = f"egress proxy {where} sent data before the tunnel was used"
+                raise UpstreamError(message, connect=True, detail=message)
             protocol = factory()
             if ssl is None:
                 transport.set_protocol(protocol)
                 protocol.connection_made(transport)
-                return protocol
-            cut = f"TLS with the upstream through egress proxy {where} was cut"
+                return transport, protocol
             try:
-                secure = await loop.start_tls(transport, protocol, ssl, server_hostname=host)
+                secure = await loop.start_tls(
+                    transport, protocol, ssl, server_hostname=server_hostname or host
+                )
             except _ssl.SSLError:
-                raise
+                raise  # the caller words it: "TLS with the upstream failed (...)"
             except (ConnectionError, OSError) as exc:
-                raise _tls_error(cut, cut) from exc
+                message = f"TLS with the upstream through egress proxy {where} was cut"
+                raise UpstreamError(message, connect=True, tls=True, detail=message) from exc
             if secure is None:  # the peer closed during the handshake
-                raise _tls_error(cut, cut)
+                message = f"TLS with the upstream through egress proxy {where} was cut"
+                raise UpstreamError(message, connect=True, tls=True, detail=message)
             protocol.connection_made(secure)
-            return protocol
+            return secure, protocol
         except BaseException:
             transport.abort()
             raise
 
-
-# The HTTP client's own error types, made in one place (each message says it all).
-
-
-def _connect_error(message: str) -> Exception:
-    return UpstreamError(message, connect=True, detail=message)
-
-
-def _tls_error(message: str, detail: str) -> Exception:
-    return UpstreamError(message, connect=True, tls=True, detail=detail)
-
-
-def _timeout_error(message: str) -> Exception:
-    return UpstreamError(message, connect=True, timeout=True)
+    __call__ = open_connection
 
 
 __all__ = ["MAX_HEAD", "Tunnel"]

@@ -19,7 +19,7 @@ import collections
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -389,9 +389,14 @@ class _Connection(asyncio.Protocol):
         self.pool._forget(self)
 
 
-#: opens a connection as :mod:`proxy.tunnel` does (an egress proxy's CONNECT tunnel):
-#: ``opener(factory, host, port, ssl_context=..., timeout=...)`` -> the protocol, connected
-Opener = Callable[..., Awaitable[Any]]
+class Opener(Protocol):
+    """Opens connections as ``loop.create_connection`` does: an egress proxy's tunnel
+    (:class:`proxy.tunnel.Tunnel`). ``name`` says what is in between, for messages."""
+
+    name: str
+
+    @property
+    def open_connection(self) -> Callable[..., Awaitable[tuple[Any, Any]]]: ...
 
 
 class UpstreamPool:
@@ -425,20 +430,12 @@ class UpstreamPool:
             pass
 
     async def _connect(self) -> _Connection:
-        if self.opener is not None:  # through an egress proxy: it words its own errors
-            conn: _Connection = await self.opener(
-                lambda: _Connection(self),
-                self.host,
-                self.port,
-                ssl_context=self.ssl,
-                timeout=self.connect_timeout,
-            )
-            self._all.add(conn)
-            return conn
         loop = asyncio.get_running_loop()
+        opener = self.opener
+        conn: _Connection
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(
+                (loop.create_connection if opener is None else opener.open_connection)(
                     lambda: _Connection(self),
                     self.host,
                     self.port,
@@ -448,8 +445,9 @@ class UpstreamPool:
                 self.connect_timeout,
             )
         except TimeoutError:
+            via = "" if opener is None else f" through egress proxy {opener.name}"
             raise UpstreamError(
-                f"connecting to the upstream took longer than {self.connect_timeout:g}s",
+                f"connecting to the upstream{via} took longer than {self.connect_timeout:g}s",
                 connect=True,
                 timeout=True,
             ) from None
