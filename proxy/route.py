@@ -24,8 +24,8 @@ from proxy.config import RouteConfig, StaticAuth, TLSConfig
 from proxy.errors import TokenUnavailable
 from proxy.flows import build_source
 from proxy.flows.client import TokenClient
+from proxy.http1 import Pool as UpstreamPool
 from proxy.tokens import Token, TokenManager
-from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.metrics import Metrics
