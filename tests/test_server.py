@@ -276,7 +276,7 @@ async def test_a_head_of_many_fields_is_bounded_as_a_whole(echo, start_proxy):
 
     assert parse(await exchange(host, port, request(20))).status == 200
     answer = parse(await exchange(host, port, request(60)))  # 54 kB > 32 x 1 KiB
-    assert (answer.status, answer.error_code) == (400, "bad_request")
+    assert (answer.status, answer.error_code) == (431, "bad_request")
     assert len(echo.seen) == 1
 
 

@@ -47,7 +47,7 @@ class Server:
         self.handler = handler
         self.max_header_size = max_header_size
         #: the whole head: a few fields at their longest
-        self.max_head_size = 4 * max_header_size
+        self.max_head_size = 32 * max_header_size
         self.idle_timeout = idle_timeout
         self.backlog = backlog
         self.error_answer = error_answer
