@@ -36,8 +36,12 @@ def finish(self: Connection) -> None:
     if self.read_paused:
         self.read_paused = False
         transport.resume_reading()
-    if transport.can_write_eof():
-        transport.write_eof()
+    try:
+        if transport.can_write_eof():
+            transport.write_eof()
+    except OSError:  # the client reset the connection meanwhile
+        transport.abort()
+        return
     self._get_loop().call_later(_LINGER, transport.abort)
 
 
