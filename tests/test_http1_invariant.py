@@ -224,8 +224,9 @@ def check(h: Harness, scenario: list[list[Req]], cuts: list[int]) -> None:
     for pipeline in scenario:
         for req in pipeline:
             h.replies[req.case] = req.reply
-    results = h.run(_run(h.port, scenario, cuts))
     ref = h.ref
+    broken = {id(c) for c in ref.conns if c.error is not None}  # earlier examples' failures
+    results = h.run(_run(h.port, scenario, cuts))
 
     def settled() -> bool:  # every upstream body finished, or its connection closed
         return all(
@@ -235,7 +236,8 @@ def check(h: Harness, scenario: list[list[Req]], cuts: list[int]) -> None:
     h.run(ref.wait_for(settled, 3))
     seen: dict[bytes, list[tuple[Received, bool]]] = {}
     for conn in h.ref.conns:
-        assert conn.error is None, (conn.error, bytes(conn.raw[-400:]))
+        if id(conn) not in broken:
+            assert conn.error is None, (conn.error, bytes(conn.raw[-400:]))
         for i, rec in enumerate(conn.requests):
             last = i == len(conn.requests) - 1
             seen.setdefault(rec.header("X-Case") or b"", []).append((rec, last))
