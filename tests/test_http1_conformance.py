@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.referee import (
+from tests.referee import Referee, Reply
+from tests.referee_client import (
     ROUTE,
     Answer,
     Answers,
-    Referee,
-    Reply,
     closed_within,
     exchange,
     open_client,

@@ -26,17 +26,8 @@ from hypothesis import strategies as st
 
 from proxy import config as configmod
 from proxy.app import Proxy, create_app
-from tests.referee import (
-    ROUTE,
-    Answers,
-    Received,
-    Referee,
-    Reply,
-    open_client,
-    port_of,
-    read_answers,
-    write_split,
-)
+from tests.referee import Received, Referee, Reply
+from tests.referee_client import ROUTE, Answers, open_client, port_of, read_answers, write_split
 
 T = TypeVar("T")
 #: bounded for CI: no example database, a fixed seed, no shrinking (a failing example

@@ -13,18 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.referee import (
-    ROUTE,
-    Answer,
-    Received,
-    Referee,
-    Reply,
-    Script,
-    exchange,
-    open_client,
-    port_of,
-    read_answers,
-)
+from tests.referee import Received, Referee, Reply, Script
+from tests.referee_client import ROUTE, Answer, exchange, open_client, port_of, read_answers
 
 #: a complete answer, as an upstream's stray bytes; it must never reach any client
 SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
