@@ -124,6 +124,8 @@ class Referee:
     def __init__(self, script: Script | None = None) -> None:
         self.script: Script = script or _default_script
         self.conns: list[Connection] = []
+        #: every request h11 parsed, in the order it arrived (across connections)
+        self.log: list[Received] = []
         self.port = 0
         self.changed = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -219,6 +221,7 @@ class Referee:
                         list(event.headers.raw_items()),
                     )
                     conn.requests.append(rec)
+                    self.log.append(rec)
                     self._note()
                     reply = self.script(rec, index)
                     if reply.hold:
