@@ -127,8 +127,8 @@ async def forward(
     length = request.content_length
     if length is not None and length > config.max_body:
         raise BodyTooLarge(f"the request body is larger than {config.max_body} bytes")
-    if request.upgrade is not None and b"websocket" in request.upgrade.lower():
-        raise UpgradeNotSupported("authproxy does not switch protocols (WebSocket)")
+    if request.upgrade is not None:
+        _check_upgrade(request)
     target = join_upstream(route.base_path, match.rest, match.query)
     manager = route.manager
     if ex is None:
@@ -217,6 +217,21 @@ async def forward(
         clock.stop()
         if reserved and budget is not None:
             budget.give(reserved)
+
+
+def _check_upgrade(request: Request) -> None:
+    """authproxy never switches protocols. Upgrade is ignored (RFC 9110 7.8) where the
+    request can be served without it; refused where it cannot: a WebSocket, or a body
+    that llhttp, having stopped at the Upgrade, did not read."""
+    upgrade = request.upgrade
+    assert upgrade is not None
+    if b"websocket" in upgrade.lower():
+        raise UpgradeNotSupported("authproxy does not switch protocols (WebSocket)")
+    if request.stopped and request.body_exists:
+        raise UpgradeNotSupported(
+            "a request with a body cannot ask to Upgrade here; send it without Upgrade "
+            "(curl: --http1.1)"
+        )
 
 
 def _timed_out(route: RouteRuntime, clock: Clock) -> ProxyError:

@@ -142,6 +142,7 @@ class Connection(Flow):
         if req is not None:
             req.keep_alive = False
             req._complete = True
+            req.stopped = True
         self._parsing = None
         self._in_head = False
         self._no_more = True

@@ -59,6 +59,7 @@ class Request:
         "chunked", "expect_continue", "request_id", "connection", "upgrade", "status",
         "error_code", "started", "finished", "task", "head_size", "_conn", "_chunks",
         "_buffered", "_complete", "_done", "_error", "_out", "_headers", "_hosts", "_interrupted",
+        "stopped",
     )  # fmt: skip
 
     def __init__(self, conn: Connection, method: str, raw_path: str) -> None:
@@ -78,6 +79,9 @@ class Request:
         self.connection: list[bytes] | None = None
         #: the client's Upgrade value, if any (never acted on: see docs/security.md)
         self.upgrade: bytes | None = None
+        #: the parser stopped at this request because it asked to Upgrade (llhttp then
+        #: takes what follows the head for the new protocol: a body was not read)
+        self.stopped = False
         #: the answer's status once started; 0 when none was sent (client gone)
         self.status = 0
         #: the answer's X-Authproxy-Error code, for the access log
