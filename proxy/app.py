@@ -94,6 +94,7 @@ class Proxy:
             on_refused=self.refusals.on_refused,
         )
         self.proxy_address = await self._bind(server, self.config.listen, self.reuse_port)
+        self._spawn(self.refusals.watch_fds(server))
         if self.config.admin_listen is not None:
             admin = self._admin = Server(
                 admin_handler(self),

@@ -10,7 +10,8 @@ The HTTP/1.1 layer's errors are translated into these in one place,
     ├── NoRoute              404 no_route
     ├── BadRequest           400 bad_request
     │   ├── UriTooLong       414 bad_request
-    │   └── HeadTooLarge     431 bad_request
+    │   ├── HeadTooLarge     431 bad_request
+    │   └── VersionNotSupported 505 bad_request
     ├── RequestTimeout       408 request_timeout  (the request body stopped arriving)
     ├── Forbidden            403 forbidden
     ├── MethodNotAllowed     405 method_not_allowed
@@ -61,6 +62,10 @@ class UriTooLong(BadRequest):
 
 class HeadTooLarge(BadRequest):
     status = 431
+
+
+class VersionNotSupported(BadRequest):
+    status = 505
 
 
 class RequestTimeout(ProxyError):

@@ -15,6 +15,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
     UriTooLong,
+    VersionNotSupported,
     error_answer,
 )
 from proxy.http1.errors import (
@@ -44,6 +45,8 @@ def client_refusal(exc: Http1Error) -> ProxyError:
         return UriTooLong(exc.message) if exc.status == 414 else HeadTooLarge(exc.message)
     if isinstance(exc, Timeout):
         return RequestTimeout(exc.message)
+    if exc.status == 505:
+        return VersionNotSupported(exc.message)
     if exc.status >= 500:
         return ProxyError("internal error in authproxy")
     return BadRequest(exc.message)

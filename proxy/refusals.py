@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import resource
 import time
 from typing import Any
 
-from proxy.http1 import Http1Error
+from proxy.http1 import Http1Error, Server
 from proxy.http_errors import client_refusal
 from proxy.metrics import Metrics
 
@@ -82,6 +84,25 @@ class Refusals:
                 loop.default_exception_handler(context)
 
         loop.set_exception_handler(handler)
+
+    async def watch_fds(self, server: Server, every: float = 1.0) -> None:
+        """Under uvloop, libuv accepts and closes connections it has no descriptor for
+        (its "EMFILE trick") and tells nobody: look, once a second while the proxy
+        port holds at least half the fd limit, whether the limit is reached."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return
+        while True:
+            await asyncio.sleep(every)
+            if len(server.connections) < soft // 2:
+                continue
+            try:
+                used = len(os.listdir("/proc/self/fd"))
+            except OSError:
+                return  # no procfs: nothing to watch with
+            if used >= soft - 4:
+                msg = f"file descriptors exhausted ({used} of {soft} in use)"
+                self.accept_failed(OSError(errno.EMFILE, msg))
 
     def accept_failed(self, exc: OSError) -> None:
         self.accept_errors += 1

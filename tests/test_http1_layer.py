@@ -233,3 +233,97 @@ async def test_pool_does_not_reuse_a_connection_idle_past_its_expiry() -> None:
     finally:
         pool.close()
         await runner.cleanup()
+
+
+# -- out of file descriptors (item 8) -------------------------------------------------------
+
+
+async def test_fd_exhaustion_is_logged_and_counted(tmp_path: Any, echo: Echo) -> None:
+    import resource
+    import socket
+    import subprocess
+    import sys
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+            return port
+
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\n" + route(echo.url))
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--log-format", "text"],
+        stderr=subprocess.PIPE,
+        preexec_fn=low_limit,
+    )
+    clients: list[socket.socket] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        async with http.get(f"http://127.0.0.1:{admin}/healthz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.1)
+            for _ in range(140):
+                try:
+                    clients.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+                except OSError:
+                    pass
+            async with asyncio.timeout(20):
+                while True:
+                    await asyncio.sleep(0.5)
+                    for c in clients[:2]:  # free a descriptor or two to ask /metrics
+                        c.close()
+                    clients = clients[2:]
+                    try:
+                        async with http.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                            text = await r.text()
+                    except aiohttp.ClientError:
+                        continue
+                    found = [
+                        x
+                        for x in text.splitlines()
+                        if x.startswith("authproxy_proxy_errors_total{")
+                        and 'code="accept_failed"' in x
+                    ]
+                    if found and float(found[0].rsplit(" ", 1)[1]) >= 1:
+                        break
+    finally:
+        for c in clients:
+            c.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "file descriptors exhausted" in err.decode()
+
+
+async def test_an_early_answer_reaches_a_client_whose_body_is_still_on_its_way(
+    echo: Echo, start_proxy: ProxyFactory
+) -> None:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=403, text="no")  # without reading the body
+
+    echo.handler = refuse
+    proxy = await start_proxy(route(echo.url, "    body_timeout: 20s\n"))
+    host, port = host_port(proxy.url)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"POST /api/up HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\nsome")
+        await writer.drain()
+        async with asyncio.timeout(5):  # not body_timeout's 20 s
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                raw += await reader.read(65536)
+        answer = parse(raw)
+        assert answer.status == 403
+        assert answer.headers.get("connection") == "close"
+    finally:
+        writer.close()

@@ -242,7 +242,14 @@ class Connection(Flow):
             req = self._parsing = Request(
                 self, method, self._url.decode("utf-8", "surrogateescape")
             )
-        req.version_10 = version_10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise ProtocolError(f"HTTP/{version} is not supported here", status=505)
+        req.version_10 = version_10 = version == "1.0"
+        if version_10 and req.chunked:
+            # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (an
+            # HTTP/1.0 hop may read the body differently): refused, as nginx does.
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
         hosts = req._hosts
         if hosts is None:
             if not version_10:
@@ -254,12 +261,8 @@ class Connection(Flow):
         self._in_head = False
         req.keep_alive = parser.should_keep_alive()
         if version_10:
-            # No 100 Continue to a client that does not know it (RFC 9110 10.1.1), and
-            # a chunked 1.0 body may be framed differently elsewhere: close after it
-            # (RFC 9112 6.1).
+            # No 100 Continue to a client that does not know it (RFC 9110 10.1.1).
             req.expect_continue = False
-            if req.chunked:
-                req.keep_alive = False
         req.head_size = size = max(self._head_bytes, self._accounted)
         self._queue.append(req)
         self._queued_bytes += size
