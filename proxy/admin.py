@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.errors import MethodNotAllowed, NoRoute, ProxyError, error_answer
 from proxy.http1 import Request
+from proxy.stores import store_line, store_state
 
 if TYPE_CHECKING:
     from proxy.app import Proxy
@@ -97,6 +98,7 @@ def healthz(proxy: Proxy, request: Request) -> None:
 def readyz(proxy: Proxy, request: Request) -> None:
     ready, routes = readiness(proxy)
     doc = {"ready": ready, "draining": proxy.draining, "routes": routes}
+    doc["token_store"] = store_state(proxy.store)  # shown; never gates readiness
     _json(request, doc, 200 if ready else 503)
 
 
@@ -105,9 +107,12 @@ def status(proxy: Proxy, request: Request) -> None:
     ready, routes = readiness(proxy)
     accept = request.get_header(b"accept") or b""
     if b"application/json" in accept:
-        _json(request, {"ready": ready, "draining": proxy.draining, "routes": routes})
+        doc = {"ready": ready, "draining": proxy.draining, "routes": routes}
+        _json(request, {**doc, "token_store": store_state(proxy.store)})
         return
     page = _status_page(ready, proxy.draining, routes, proxy.clock.time())
+    line = html.escape(store_line(proxy.store))
+    page = page.replace("<p>JSON:", f"<p>{line}</p><p>JSON:", 1)
     request.respond(200, [(b"Content-Type", b"text/html; charset=utf-8"), _NO_STORE], page.encode())
 
 

@@ -35,6 +35,7 @@ from proxy.http1 import Http1Error, Request, Response, framing
 from proxy.http_errors import client_refusal, upstream_error
 from proxy.logs import Exchange
 from proxy.replay import ReplayBudget
+from proxy.request_body import StreamedBody, read_up_to
 from proxy.route import RouteRuntime
 from proxy.routing import Match, join_upstream
 from proxy.tokens import Token
@@ -43,61 +44,6 @@ log = logging.getLogger("authproxy.forward")
 
 #: a 401 answer smaller than this is read, so its connection can be reused
 _DRAIN_LIMIT = 64 * 1024
-
-
-class _Body:
-    """A request body streamed upstream, counted against ``max_body``."""
-
-    def __init__(
-        self, content: Request, prefix: bytes, limit: int, clock: Clock, route: RouteRuntime
-    ) -> None:
-        self.content = content
-        self.prefix = prefix
-        self.limit = limit
-        self.clock = clock
-        self.too_large = False
-        self.client_error: Http1Error | None = None
-        self.total = 0
-        config = route.config
-        self.body_timeout = config.body_timeout
-        self.read_timeout = config.read_timeout
-        self.head_timeout = config.timeout
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        clock = self.clock
-        total = self.total = len(self.prefix)
-        if self.prefix:
-            yield self.prefix
-        while True:
-            clock.arm(self.body_timeout, BODY)
-            try:
-                chunk = await self.content.readany()
-            except Http1Error as exc:
-                self.client_error = exc
-                raise
-            if not chunk:
-                clock.arm(self.head_timeout, HEAD)
-                return
-            total += len(chunk)
-            self.total = total
-            if total > self.limit:
-                self.too_large = True
-                raise BodyTooLarge(f"the request body is larger than {self.limit} bytes")
-            clock.arm(self.read_timeout, READ)
-            yield chunk
-
-
-async def _read_up_to(content: Request, limit: int, clock: Clock, delay: float) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while size <= limit:
-        clock.arm(delay, BODY)
-        chunk = await content.readany()
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
 
 
 async def _discard(resp: Response) -> None:
@@ -142,7 +88,7 @@ async def forward(
     try:
         # The body: buffered when a 401 replay may need it, streamed otherwise.
         body: bytes | AsyncIterator[bytes] | None = None
-        streamed: _Body | None = None
+        streamed: StreamedBody | None = None
         if request.chunked or length:  # request.body_exists, inline
             may_replay = manager is not None and config.retry_on_401
             if may_replay and budget is not None:
@@ -152,9 +98,9 @@ async def forward(
                     may_replay = reserved > 0
             try:
                 if may_replay and length is not None and length <= config.max_replay_body:
-                    body = await _read_up_to(request, length, clock, config.body_timeout)
+                    body = await read_up_to(request, length, clock, config.body_timeout)
                 elif may_replay and length is None:
-                    head = await _read_up_to(
+                    head = await read_up_to(
                         request, config.max_replay_body, clock, config.body_timeout
                     )
                     if len(head) > config.max_body:
@@ -164,9 +110,9 @@ async def forward(
                     if request.at_eof():
                         body = head
                     else:
-                        streamed = _Body(request, head, config.max_body, clock, route)
+                        streamed = StreamedBody(request, head, config.max_body, clock, route)
                 else:
-                    streamed = _Body(request, b"", config.max_body, clock, route)
+                    streamed = StreamedBody(request, b"", config.max_body, clock, route)
             except Http1Error as exc:
                 raise client_refusal(exc) from exc
             clock.stop()
@@ -183,7 +129,7 @@ async def forward(
             token = await manager.get()
             if token is not cached:
                 ex.token_fetched = True
-            auth_line = route.auth_line(token)
+            auth_line = route.auth_for(token, request.method, target)
 
         head = request_head(request, route, target, ex.request_id, auth_line, framing_line)
         if streamed is None:
@@ -253,7 +199,7 @@ async def _replay_401(
     token: Token,
     resp: Response,
     body: bytes | AsyncIterator[bytes] | None,
-    streamed: _Body | None,
+    streamed: StreamedBody | None,
     ex: Exchange,
     target: str,
     framing_line: bytes,
@@ -262,7 +208,20 @@ async def _replay_401(
     """The upstream refused ``token``: drop it, and replay once if the body allows."""
     manager = route.manager
     assert manager is not None
-    manager.invalidate(token)
+    if streamed is None and route.dpop_challenge(target, resp.headers):
+        # RFC 9449 9: the resource server wants a nonce; the same token, a new proof.
+        await _discard(resp)
+        auth = route.auth_for(token, request.method, target)
+        head = request_head(request, route, target, ex.request_id, auth, framing_line)
+        clock.arm(route.config.timeout, HEAD)
+        resp = await _send(request, route, head, body, None, framing.LENGTH, ex)
+        clock.stop()
+        if resp.status != 401:
+            return resp
+    if manager.refused(token) == "refused_fresh":
+        # A fresh token refused again: the 401 goes to the client as it came.
+        route.count_retry("refused_fresh")
+        return resp
     if streamed is not None:
         route.count_retry("not_replayable")
         return resp
@@ -272,10 +231,12 @@ async def _replay_401(
     except ProxyError:
         route.count_retry("failed")
         raise
-    head = request_head(request, route, target, ex.request_id, route.auth_line(fresh), framing_line)
+    auth = route.auth_for(fresh, request.method, target)
+    head = request_head(request, route, target, ex.request_id, auth, framing_line)
     clock.arm(route.config.timeout, HEAD)
     again = await _send(request, route, head, body, None, framing.LENGTH, ex)
     clock.stop()
+    manager.replayed(fresh, again.status)
     route.count_retry("failed" if again.status == 401 else "replayed")
     ex.replayed = True
     return again
@@ -286,7 +247,7 @@ async def _send(
     route: RouteRuntime,
     head: bytes,
     body: bytes | AsyncIterator[bytes] | None,
-    streamed: _Body | None,
+    streamed: StreamedBody | None,
     how: int,
     ex: Exchange,
 ) -> Response:
@@ -313,7 +274,7 @@ async def _send(
     return resp
 
 
-def _send_failed(exc: Http1Error, route: RouteRuntime, streamed: _Body | None) -> ProxyError:
+def _send_failed(exc: Http1Error, route: RouteRuntime, streamed: StreamedBody | None) -> ProxyError:
     """The error to answer for a failed send."""
     if streamed is not None:
         if streamed.too_large:

@@ -433,8 +433,11 @@ routes:
 
 
 async def test_steady_load_real_clock_short_ttl(start_proxy: Any) -> None:
-    """Real time, 2 s tokens: timers and request-triggered refreshes keep it fresh."""
-    fake = GetPaid(clock=SystemClock(), token_ttl=2)
+    """Real time, 3 s tokens: timers and request-triggered refreshes keep it fresh.
+
+    (3 s, not 2: the JWT's whole-second exp wins over expires_in when earlier, and a
+    token living under 1 s more is unusable on arrival.)"""
+    fake = GetPaid(clock=SystemClock(), token_ttl=3)
     async with serve(fake) as url:
         proxy = await start_proxy(yaml_for(url))
         statuses: list[int] = []

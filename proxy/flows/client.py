@@ -13,8 +13,9 @@ be sent again safely, and would fail one token fetch for nothing.
 
 What the client does not do, on purpose: follow redirects (a token request is
 never redirected: a 3xx is the provider's error), read proxy settings from the
-environment, keep cookies, or ask for compressed answers. An answer compressed
-anyway (gzip, deflate) is inflated, bounded like any other.
+environment (only the route's ``egress_proxy`` setting, :mod:`proxy.egress`,
+sends it through a proxy), keep cookies, or ask for compressed answers. An
+answer compressed anyway (gzip, deflate) is inflated, bounded like any other.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from dataclasses import dataclass
 from yarl import URL
 
 from proxy import __version__
+from proxy.egress import EgressConfig
 from proxy.http1 import Http1Error, Pool
 from proxy.http_errors import token_client_kind
+from proxy.tunnel import Tunnel
 
 USER_AGENT = f"authproxy/{__version__}"
 
@@ -62,12 +65,19 @@ class TokenClient:
     ``ssl_context`` is the route's TLS settings (its CA file, client certificate,
     ``verify: false``), or None for the system's trust store. ``timeout`` bounds a
     whole exchange, connecting included; ``connect_timeout`` the connecting alone.
+    ``egress`` is the route's ``egress_proxy`` setting (None: direct).
     """
 
     def __init__(
-        self, *, ssl_context: ssl.SSLContext | None, timeout: float, connect_timeout: float
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float,
+        connect_timeout: float,
+        egress: EgressConfig | None = None,
     ) -> None:
         self._ssl = ssl_context
+        self._egress = egress
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self._pools: set[Pool] = set()
@@ -96,11 +106,14 @@ class TokenClient:
         if u.scheme not in ("http", "https") or not u.raw_host:
             raise ClientError("invalid", "not an http(s) URL")
         tls = u.scheme == "https"
+        port = u.port or (443 if tls else 80)
+        via = self._egress.proxy_for(u.scheme, u.raw_host, port) if self._egress else None
         pool = Pool(
             u.raw_host,
-            u.port or (443 if tls else 80),
+            port,
             ssl_context=self._tls() if tls else None,
             connect_timeout=self.connect_timeout,
+            opener=Tunnel(via) if via is not None else None,
         )
         head = _head(method, u, headers, body)
         self._pools.add(pool)

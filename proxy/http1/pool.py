@@ -19,7 +19,8 @@ import asyncio
 import collections
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 from proxy.http1 import framing
 from proxy.http1.client import Connection, Interim
@@ -32,6 +33,17 @@ from proxy.http1.errors import (
 from proxy.http1.flow import Interrupted
 from proxy.http1.response import Response
 
+
+class Opener(Protocol):
+    """Opens connections as ``loop.create_connection`` does: an egress proxy's tunnel
+    (:class:`proxy.tunnel.Tunnel`). ``name`` says what is in between, for messages."""
+
+    name: str
+
+    @property
+    def open_connection(self) -> Callable[..., Awaitable[tuple[Any, Any]]]: ...
+
+
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 IDLE_EXPIRY = 15.0
 
@@ -43,12 +55,15 @@ async def open_connection(
     *,
     ssl_context: ssl.SSLContext | None,
     timeout: float,
+    opener: Opener | None = None,
 ) -> Connection:
-    """A new connection to ``host:port`` (TLS when ``ssl_context``), within ``timeout``."""
+    """A new connection to ``host:port`` (TLS when ``ssl_context``), within ``timeout``,
+    directly or through ``opener`` (an egress proxy's tunnel)."""
     loop = asyncio.get_running_loop()
+    conn: Connection
     try:
         _, conn = await asyncio.wait_for(
-            loop.create_connection(
+            (loop.create_connection if opener is None else opener.open_connection)(
                 factory,
                 host,
                 port,
@@ -81,6 +96,7 @@ class Pool:
         connect_timeout: float,
         max_idle: int = 256,
         idle_expiry: float = IDLE_EXPIRY,
+        opener: Opener | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -88,6 +104,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.idle_expiry = idle_expiry
+        self.opener = opener
         #: oldest first
         self._idle: collections.deque[Connection] = collections.deque()
         self._all: set[Connection] = set()
@@ -113,6 +130,7 @@ class Pool:
             self.port,
             ssl_context=self.ssl,
             timeout=self.connect_timeout,
+            opener=self.opener,
         )
         self._all.add(conn)
         return conn
@@ -260,4 +278,4 @@ async def _send_body(
             await aclose()
 
 
-__all__ = ["IDLE_EXPIRY", "Pool", "open_connection"]
+__all__ = ["IDLE_EXPIRY", "Opener", "Pool", "open_connection"]
