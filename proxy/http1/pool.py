@@ -73,7 +73,10 @@ async def open_connection(
             timeout,
         )
     except TimeoutError:
-        raise ConnectTimeout(f"connecting to the upstream took longer than {timeout:g}s") from None
+        via = "" if opener is None else f" through egress proxy {opener.name}"
+        raise ConnectTimeout(
+            f"connecting to the upstream{via} took longer than {timeout:g}s"
+        ) from None
     except ssl.SSLError as exc:
         reason = exc.reason or type(exc).__name__
         raise TLSError(f"TLS with the upstream failed ({reason})", detail=reason) from exc
