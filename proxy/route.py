@@ -25,10 +25,10 @@ from proxy.dpop import DPoPKey
 from proxy.errors import TokenUnavailable
 from proxy.flows import build_source
 from proxy.flows.client import TokenClient
+from proxy.http1 import Pool as UpstreamPool
 from proxy.token_events import TokenMetrics
 from proxy.tokens import Token, TokenManager
 from proxy.tunnel import Tunnel
-from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.metrics import Metrics

@@ -14,7 +14,7 @@ second mode, and the injected token never sits in a request the proxy parses.
 
 The proxy's answer is found by its blank line (bounded to :data:`MAX_HEAD`) and
 parsed by llhttp (httptools), as the rest of authproxy parses HTTP. Failures
-are :class:`~proxy.upstream.UpstreamError` with ``connect`` set (a 502), whose
+are :class:`~proxy.http1.errors.ConnectError` (a 502), whose
 message names the proxy's ``host:port`` and its status, never its credentials.
 """
 
@@ -30,7 +30,7 @@ import httptools
 
 from proxy import __version__
 from proxy.egress import ProxyURL
-from proxy.upstream import UpstreamError
+from proxy.http1.errors import ConnectError, TLSError
 
 #: the proxy's answer head to CONNECT is a few hundred bytes; past this it is refused
 MAX_HEAD = 16 * 1024
@@ -90,7 +90,7 @@ class _Handshake(asyncio.Protocol):
 
     def _fail(self, message: str) -> None:
         if not self.answer.done():
-            self.answer.set_exception(UpstreamError(message, connect=True, detail=message))
+            self.answer.set_exception(ConnectError(message, detail=message))
 
 
 def _printable(reason: bytes) -> str:
@@ -113,7 +113,7 @@ class Tunnel:
     def _request(self, host: str, port: int) -> bytes:
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if any(c in target for c in "\r\n\x00 "):
-            raise UpstreamError("invalid upstream host", connect=True, detail="invalid host")
+            raise ConnectError("invalid upstream host", detail="invalid host")
         return (
             f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
             f"User-Agent: authproxy/{__version__}\r\n".encode("ascii")
@@ -142,7 +142,7 @@ class Tunnel:
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
             message = f"cannot connect to egress proxy {where} ({reason})"
-            raise UpstreamError(message, connect=True, detail=message) from exc
+            raise ConnectError(message, detail=message) from exc
         transport = raw
         try:
             transport.write(request)
@@ -150,11 +150,11 @@ class Tunnel:
             if not 200 <= status < 300:
                 message = f"egress proxy {where} refused CONNECT to {host}:{port}: {status}"
                 message += f" {reason}" if reason else ""
-                raise UpstreamError(message, connect=True, detail=message)
+                raise ConnectError(message, detail=message)
             if extra:
                 # Neither TLS nor HTTP/1.1 lets the origin speak first.
                 message = f"egress proxy {where} sent data before the tunnel was used"
-                raise UpstreamError(message, connect=True, detail=message)
+                raise ConnectError(message, detail=message)
             protocol = factory()
             if ssl is None:
                 transport.set_protocol(protocol)
@@ -168,10 +168,10 @@ class Tunnel:
                 raise  # the caller words it: "TLS with the upstream failed (...)"
             except (ConnectionError, OSError) as exc:
                 message = f"TLS with the upstream through egress proxy {where} was cut"
-                raise UpstreamError(message, connect=True, tls=True, detail=message) from exc
+                raise TLSError(message, detail=message) from exc
             if secure is None:  # the peer closed during the handshake
                 message = f"TLS with the upstream through egress proxy {where} was cut"
-                raise UpstreamError(message, connect=True, tls=True, detail=message)
+                raise TLSError(message, detail=message)
             protocol.connection_made(secure)
             return secure, protocol
         except BaseException:

@@ -1,7 +1,7 @@
 """The HTTP client of the token endpoints, on the proxy's own lean client.
 
 A token request is rare (once per token lifetime) and small: one POST, one JSON
-answer of a few KiB. It goes through :class:`proxy.upstream.UpstreamPool`, the
+answer of a few KiB. It goes through :class:`proxy.http1.Pool`, the
 httptools client the hot path uses, rather than aiohttp's ClientSession: a
 process that serves the proxy port then never imports aiohttp, which was a
 third of its memory (14 MiB of 44 MiB RSS idle; see docs/design-decisions.md).
@@ -30,8 +30,9 @@ from yarl import URL
 
 from proxy import __version__
 from proxy.egress import EgressConfig
+from proxy.http1 import Http1Error, Pool
+from proxy.http_errors import token_client_kind
 from proxy.tunnel import Tunnel
-from proxy.upstream import UpstreamError, UpstreamPool
 
 USER_AGENT = f"authproxy/{__version__}"
 
@@ -79,7 +80,7 @@ class TokenClient:
         self._egress = egress
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
-        self._pools: set[UpstreamPool] = set()
+        self._pools: set[Pool] = set()
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -107,7 +108,7 @@ class TokenClient:
         tls = u.scheme == "https"
         port = u.port or (443 if tls else 80)
         via = self._egress.proxy_for(u.scheme, u.raw_host, port) if self._egress else None
-        pool = UpstreamPool(
+        pool = Pool(
             u.raw_host,
             port,
             ssl_context=self._tls() if tls else None,
@@ -118,7 +119,7 @@ class TokenClient:
         self._pools.add(pool)
         try:
             async with asyncio.timeout(self.timeout):
-                resp = await pool.request(method, head, body, chunked=False)
+                resp = await pool.request(method, head, body)
                 try:
                     fields: dict[str, str] = {}
                     for name, value in resp.headers:
@@ -128,22 +129,17 @@ class TokenClient:
                         raise ClientError("too_large", status=resp.status)
                     try:
                         raw = await resp.read_all(limit)
-                    except UpstreamError as exc:
-                        if exc.too_large:
+                    except Http1Error as exc:
+                        if token_client_kind(exc)[0] == "too_large":
                             raise ClientError("too_large", status=resp.status) from None
                         raise
                 finally:
                     resp.close()
         except TimeoutError:
             raise ClientError("timeout") from None
-        except UpstreamError as exc:
-            if exc.timeout:
-                raise ClientError("timeout") from None
-            if exc.connect:
-                raise ClientError("tls" if exc.tls else "connect", exc.detail) from None
-            if exc.detail == "malformed":
-                raise ClientError("invalid", "malformed answer") from None
-            raise ClientError("cut") from None
+        except Http1Error as exc:
+            kind, detail = token_client_kind(exc)
+            raise ClientError(kind, detail) from None
         finally:
             pool.close()
             self._pools.discard(pool)
