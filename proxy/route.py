@@ -25,9 +25,10 @@ from proxy.dpop import DPoPKey
 from proxy.errors import TokenUnavailable
 from proxy.flows import build_source
 from proxy.flows.client import TokenClient
+from proxy.http1 import Pool as UpstreamPool
 from proxy.token_events import TokenMetrics
 from proxy.tokens import Token, TokenManager
-from proxy.upstream import UpstreamPool
+from proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from proxy.metrics import Metrics
@@ -116,11 +117,15 @@ class RouteRuntime:
                 extra={"route": config.name},
             )
         # One pool of keep-alive connections per upstream (see proxy.upstream).
+        port = up.port or (443 if up.scheme == "https" else 80)
+        egress = config.egress_proxy
+        via = egress.proxy_for(up.scheme, up.host or "", port) if egress is not None else None
         self.pool = UpstreamPool(
             up.host or "",
-            up.port or (443 if up.scheme == "https" else 80),
+            port,
             ssl_context=ctx if up.scheme == "https" else None,
             connect_timeout=config.connect_timeout,
+            opener=Tunnel(via) if via is not None else None,
         )
         self.host_header = (up.raw_authority or up.raw_host or "").encode("idna")
         self.header: istr | None = None
@@ -144,6 +149,7 @@ class RouteRuntime:
                 ssl_context=ctx,
                 timeout=config.token_timeout,
                 connect_timeout=config.connect_timeout,
+                egress=egress,
             )
             events = TokenMetrics(metrics, config.name)
             source = build_source(config, self.token_client, clock, events.request)
