@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.errors import MethodNotAllowed, NoRoute, ProxyError, error_answer
-from proxy.server import Request
+from proxy.http1 import Request
 from proxy.stores import store_line, store_state
 
 if TYPE_CHECKING:

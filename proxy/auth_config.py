@@ -11,7 +11,8 @@ standard:
   ``token_url`` (and ``authorize_url``) come from when not given;
 - ``authorize_params`` (refresh token only): extra authorization-request
   parameters, e.g. ``{prompt: consent, access_type: offline}``;
-- ``claims`` (jwt bearer only): the assertion's claims (RFC 7523 2.1).
+- ``claims`` (jwt bearer only): the assertion's claims (RFC 7523 2.1);
+- ``dpop: true`` (RFC 9449): sender-constrained tokens, see proxy/dpop.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
     from proxy.config import _Parser
 
 #: keys every OAuth2 type accepts, besides its own
-COMMON = {"client_auth", "private_key", "key_id", "resource", "issuer", "discovery_url"}
+COMMON = {
+    "client_auth", "private_key", "key_id", "resource", "issuer", "discovery_url", "dpop",
+}  # fmt: skip
 #: authorization-request parameters authproxy sets itself
 _RESERVED_PARAMS = {
     "response_type", "client_id", "redirect_uri", "state", "code_challenge",
@@ -76,6 +79,7 @@ def oauth_keys(p: _Parser, d: dict[str, Any], path: str, kind: str) -> dict[str,
     out["resource"] = p.value(d, "resource", path, _resource, ())
     out["issuer"] = p.value(d, "issuer", path, _https_or_loopback, None)
     out["discovery_url"] = p.value(d, "discovery_url", path, _https_or_loopback, None)
+    out["dpop"] = p.boolean(d, "dpop", path, False)
     if out["issuer"] and out["discovery_url"]:
         p.error(f"{path}.discovery_url", "give issuer or discovery_url, not both")
     if kind == "oauth2_refresh_token":

@@ -311,7 +311,10 @@ async def _exchange(
     up = URL(auth.token_url)
     ctx = ssl_context(route) if up.scheme == "https" or route.tls != TLSConfig() else None
     client = TokenClient(
-        ssl_context=ctx, timeout=route.token_timeout, connect_timeout=route.connect_timeout
+        ssl_context=ctx,
+        timeout=route.token_timeout,
+        connect_timeout=route.connect_timeout,
+        egress=route.egress_proxy,
     )
     data = await request_json(client, "POST", auth.token_url, headers=headers, form=form)
     return oauth2_token(data, now=time.time(), default_ttl=auth.default_ttl, how="authorize")

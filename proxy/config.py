@@ -28,6 +28,7 @@ from proxy.auth_config import COMMON, oauth_keys
 from proxy.config_store import SentinelConfig as SentinelConfig
 from proxy.config_store import TokenStoreConfig as TokenStoreConfig
 from proxy.config_store import lease_for, parse_token_store
+from proxy.egress import EgressConfig, parse_setting
 
 T = TypeVar("T")
 
@@ -199,6 +200,7 @@ class ClientCredentialsAuth:
     resource: tuple[str, ...] = ()
     issuer: str | None = None
     discovery_url: str | None = None
+    dpop: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ class RefreshTokenAuth:
     resource: tuple[str, ...] = ()
     issuer: str | None = None
     discovery_url: str | None = None
+    dpop: bool = False
     authorize_params: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -240,6 +243,7 @@ class JwtBearerAuth:
     resource: tuple[str, ...] = ()
     issuer: str | None = None
     discovery_url: str | None = None
+    dpop: bool = False
     assertion_ttl: float = 300.0
     default_ttl: float = 300.0
     type: Literal["oauth2_jwt_bearer"] = "oauth2_jwt_bearer"
@@ -296,12 +300,18 @@ class RouteConfig:
     refresh_before: float = 60.0
     connect_timeout: float = 5.0
     timeout: float = 60.0
+    #: inactivity while a body streams, either direction; re-armed per chunk
+    read_timeout: float = 60.0
+    #: a request body that stops arriving (408 request_timeout)
+    body_timeout: float = 30.0
     token_timeout: float = 10.0
     retry_on_401: bool = True
     max_replay_body: int = 1024**2
     max_body: int = 100 * 1024**2
     max_concurrent: int = 1000
     preset: str | None = None
+    #: the egress (corporate HTTP) proxy for the upstream and token endpoint; None: direct
+    egress_proxy: EgressConfig | None = None
     refused_cooldown: float = 5.0
     backoff_cap: float = 10.0
 
@@ -312,6 +322,10 @@ class Limits:
     max_header_size: int = 16 * 1024
     max_concurrent: int = 1000
     idle_timeout: float = 75.0
+    #: the listen queue of the proxy port
+    backlog: int = 1024
+    #: request bodies buffered for a 401 replay, across all routes at once
+    max_replay_total: int = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -347,7 +361,7 @@ TOP_KEYS = {
 TOP_KEYS |= {"allow_empty_secrets"}  # key paths whose ${env:}/${file:} may be empty
 DEFAULT_KEYS = {
     "refresh_before", "connect_timeout", "timeout", "token_timeout", "retry_on_401",
-    "max_replay_body",
+    "max_replay_body", "read_timeout", "body_timeout", "egress_proxy",
 }  # fmt: skip
 DEFAULT_KEYS |= {"refused_cooldown", "backoff_cap"}  # token layer (proxy/token_timing.py)
 ROUTE_KEYS = DEFAULT_KEYS | {
@@ -503,6 +517,11 @@ class _Parser:
 
     def size(self, data: dict[str, Any], key: str, path: str, default: int) -> int:
         return self.value(data, key, path, parse_size, default)
+
+    def egress(
+        self, data: dict[str, Any], key: str, path: str, default: EgressConfig | None
+    ) -> EgressConfig | None:
+        return self.value(data, key, path, lambda v: parse_setting(v, self.environ), default)
 
     def choice(
         self, data: dict[str, Any], key: str, path: str, options: tuple[str, ...], default: str
@@ -890,9 +909,12 @@ def _parse_route(
         refresh_before=pick("refresh_before", p.duration),
         connect_timeout=pick("connect_timeout", p.duration),
         timeout=pick("timeout", p.duration),
+        read_timeout=pick("read_timeout", p.duration),
+        body_timeout=pick("body_timeout", p.duration),
         token_timeout=pick("token_timeout", p.duration),
         retry_on_401=pick("retry_on_401", p.boolean),
         max_replay_body=pick("max_replay_body", p.size),
+        egress_proxy=pick("egress_proxy", p.egress),
         refused_cooldown=pick("refused_cooldown", p.duration),
         backoff_cap=pick("backoff_cap", p.duration),
         max_body=p.size(d, "max_body", path, limits.max_body),
@@ -941,6 +963,8 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
             lim, "max_concurrent", "limits", _positive_int, Limits.max_concurrent
         ),
         idle_timeout=p.duration(lim, "idle_timeout", "limits", Limits.idle_timeout),
+        backlog=p.value(lim, "backlog", "limits", _positive_int, Limits.backlog),
+        max_replay_total=p.size(lim, "max_replay_total", "limits", Limits.max_replay_total),
     )
 
     dd = p.section(top.get("defaults"), "defaults", DEFAULT_KEYS)
@@ -949,9 +973,12 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
         "refresh_before": p.duration(dd, "refresh_before", "defaults", base.refresh_before),
         "connect_timeout": p.duration(dd, "connect_timeout", "defaults", base.connect_timeout),
         "timeout": p.duration(dd, "timeout", "defaults", base.timeout),
+        "read_timeout": p.duration(dd, "read_timeout", "defaults", base.read_timeout),
+        "body_timeout": p.duration(dd, "body_timeout", "defaults", base.body_timeout),
         "token_timeout": p.duration(dd, "token_timeout", "defaults", base.token_timeout),
         "retry_on_401": p.boolean(dd, "retry_on_401", "defaults", base.retry_on_401),
         "max_replay_body": p.size(dd, "max_replay_body", "defaults", base.max_replay_body),
+        "egress_proxy": p.egress(dd, "egress_proxy", "defaults", None),
         "refused_cooldown": p.duration(dd, "refused_cooldown", "defaults", base.refused_cooldown),
         "backoff_cap": p.duration(dd, "backoff_cap", "defaults", base.backoff_cap),
     }

@@ -26,6 +26,7 @@ from yarl import URL
 
 if TYPE_CHECKING:
     from proxy.config import RouteConfig
+    from proxy.egress import EgressConfig
 
 #: a metadata document is a few KiB
 MAX_DOCUMENT = 256 * 1024
@@ -46,11 +47,19 @@ def candidates(issuer: str) -> list[str]:
     ]
 
 
-def fetch_document(url: str, *, timeout: float, context: ssl.SSLContext | None) -> dict[str, Any]:
+def fetch_document(
+    url: str,
+    *,
+    timeout: float,
+    context: ssl.SSLContext | None,
+    egress: EgressConfig | None = None,
+) -> dict[str, Any]:
     """GET ``url`` and its JSON object; :class:`DiscoveryError` otherwise."""
-    # No proxy from the environment and no redirects, as for token requests.
+    # No proxy from the environment and no redirects, as for token requests; the
+    # route's egress_proxy if it has one (https through CONNECT, as proxy.tunnel does).
+    proxies = egress.urllib_proxies(url) if egress is not None else {}
     opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        urllib.request.ProxyHandler(proxies), urllib.request.HTTPSHandler(context=context)
     )
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
@@ -60,6 +69,10 @@ def fetch_document(url: str, *, timeout: float, context: ssl.SSLContext | None) 
         raise DiscoveryError(f"{url} answered {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if proxies and egress is not None:
+            via = egress.proxy_for(*_origin(url))
+            where = f" through egress proxy {via.authority}" if via is not None else ""
+            raise DiscoveryError(f"{url} is unreachable{where} ({reason})") from None
         raise DiscoveryError(f"{url} is unreachable ({reason})") from None
     if len(raw) > MAX_DOCUMENT:
         raise DiscoveryError(f"{url} sent more than {MAX_DOCUMENT // 1024} KiB")
@@ -72,15 +85,25 @@ def fetch_document(url: str, *, timeout: float, context: ssl.SSLContext | None) 
     return doc
 
 
+def _origin(url: str) -> tuple[str, str, int]:
+    u = URL(url)
+    return u.scheme, u.raw_host or "", u.port or (443 if u.scheme == "https" else 80)
+
+
 def metadata(
-    issuer: str | None, discovery_url: str | None, *, timeout: float, context: ssl.SSLContext | None
+    issuer: str | None,
+    discovery_url: str | None,
+    *,
+    timeout: float,
+    context: ssl.SSLContext | None,
+    egress: EgressConfig | None = None,
 ) -> dict[str, Any]:
     """The authorization server's metadata, checked against ``issuer`` when given."""
     urls = [discovery_url] if discovery_url else candidates(issuer or "")
     errors: list[str] = []
     for url in urls:
         try:
-            doc = fetch_document(url, timeout=timeout, context=context)
+            doc = fetch_document(url, timeout=timeout, context=context, egress=egress)
         except DiscoveryError as exc:
             errors.append(str(exc))
             continue
@@ -117,7 +140,9 @@ def discover(routes: list[RouteConfig], error: Callable[[str, str], None]) -> li
             target = URL(url or issuer or "")
             ctx = ssl_context(route) if target.scheme == "https" else None
             try:
-                seen[source] = metadata(issuer, url, timeout=route.token_timeout, context=ctx)
+                seen[source] = metadata(
+                    issuer, url, timeout=route.token_timeout, context=ctx, egress=route.egress_proxy
+                )
             except DiscoveryError as exc:
                 seen[source] = str(exc)
         doc = seen[source]

@@ -171,7 +171,8 @@ class Metrics:
         )
         self.token_requests = Counter(
             "authproxy_token_requests_total",
-            "Token fetches, by route, grant and outcome (success, error).",
+            "HTTP requests to token endpoints, by route, grant and outcome "
+            "(success, error, unusable).",
             ["route", "grant", "outcome"],
             registry=r,
         )
@@ -191,7 +192,7 @@ class Metrics:
         )
         self.unauthorized_retries = Counter(
             "authproxy_unauthorized_retries_total",
-            "Upstream 401s, by outcome: replayed, not_replayable, failed.",
+            "Upstream 401s, by outcome: replayed, not_replayable, failed, refused_fresh.",
             ["route", "outcome"],
             registry=r,
         )

@@ -38,6 +38,8 @@ class Token:
     obtained_at: float = 0.0
     #: how it was obtained: login, refresh, client_credentials, authorize, config, store
     how: str = "login"
+    #: ``DPoP`` for a token bound to the route's DPoP key (RFC 9449), else ``Bearer``
+    token_type: str = "Bearer"
 
     def __repr__(self) -> str:
         exp = "never" if self.expires_at is None else f"{self.expires_at:.0f}"

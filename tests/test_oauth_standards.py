@@ -271,3 +271,32 @@ def test_explain_shows_the_standards_keys_and_masks_the_key(tmp_path: Path) -> N
     assert "type: oauth2_jwt_bearer" in out and "private_key: '***'" in out
     assert "https://api.example/" in out and "key_id: k1" in out
     assert "PRIVATE KEY" not in out and pem.read_text().splitlines()[1] not in out
+
+
+async def test_tls_client_auth_with_the_routes_client_certificate(
+    start_proxy: Any, now_clock: ManualClock, http: Any, tmp_path: Path
+) -> None:
+    from tests.test_tls import Pki
+
+    pki = Pki(tmp_path)
+    fake = StandardsServer(clock=now_clock)
+    fake.clients["app-1"] = Client("app-1", "tls_client_auth", tls_subject="client.authproxy.test")
+    async with serve(fake, ssl_context=pki.server_context(require_client_cert=True)) as url:
+        url = url.replace("127.0.0.1", "localhost")
+        text = cc_yaml(url, "tls_client_auth").replace("      client_secret: ${env:SECRET}\n", "")
+        text += (
+            f"    tls:\n      ca_file: {pki.ca_file}\n      client_cert: {pki.client_cert}\n"
+            f"      client_key: {pki.client_key}\n"
+        )
+        proxy = await start_proxy(text, clock=now_clock)
+        status, body, _ = await call(http, "GET", proxy.url + "/api/a")
+        assert status == 200, body
+    assert fake.authenticated == [("app-1", "tls_client_auth")]
+    assert "client_secret" not in form_of(fake.token_log[0].body)
+
+
+def test_tls_client_auth_needs_a_client_certificate() -> None:
+    text = cc_yaml("http://127.0.0.1:9", "tls_client_auth")
+    with pytest.raises(configmod.ConfigError) as err:
+        configmod.parse(text, {"SECRET": "x"})
+    assert [p.path for p in err.value.problems] == ["routes.api.auth.client_auth"]

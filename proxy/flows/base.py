@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from proxy.clock import Clock
+from proxy.dpop import DPoPKey
 from proxy.flows.client import TokenClient
 from proxy.token import Token, UnusableToken, check_arrival
 
@@ -44,6 +45,8 @@ class Flow(Generic[A]):
         self.client = client
         self.clock = clock
         self.count: RequestCounter = count or _no_count
+        #: the route's DPoP key (RFC 9449), set by the route when ``dpop: true``
+        self.dpop: DPoPKey | None = None
 
     def counted(self, grant: str) -> _Counted:
         """``async with self.counted("login") as c: ...; return c.token(tok)``."""
@@ -71,6 +74,10 @@ class _Counted:
             raise
         self._count("success")
         return tok
+
+    def resent(self) -> None:
+        """The request was answered and sent again (a DPoP nonce): count the first."""
+        self.flow.count(self.grant, "error")
 
     def _count(self, outcome: str) -> None:
         if not self.done:

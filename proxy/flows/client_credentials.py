@@ -57,12 +57,15 @@ def oauth2_token(
     new_refresh = data.get("refresh_token")
     if isinstance(new_refresh, str) and new_refresh:
         refresh_token = new_refresh
+    kind = data.get("token_type")
     return Token(
         access_token=access,
         expires_at=expires_at,
         refresh_token=refresh_token,
         obtained_at=now,
         how=how,
+        # RFC 9449 5: a DPoP-bound token says so; anything else is sent as a bearer
+        token_type="DPoP" if isinstance(kind, str) and kind.lower() == "dpop" else "Bearer",
     )
 
 
@@ -83,12 +86,24 @@ class ClientCredentialsFlow(Flow[ClientCredentialsAuth]):
         async with self.counted(self.grant) as req:
             if auth.body == "json":
                 data = await request_json(
-                    self.client, "POST", auth.token_url, headers=headers, json_body=fields
+                    self.client,
+                    "POST",
+                    auth.token_url,
+                    headers=headers,
+                    json_body=fields,
+                    dpop=self.dpop,
+                    on_resend=req.resent,
                 )
             else:
                 form = form_fields(fields)
                 data = await request_json(
-                    self.client, "POST", auth.token_url, headers=headers, form=form
+                    self.client,
+                    "POST",
+                    auth.token_url,
+                    headers=headers,
+                    form=form,
+                    dpop=self.dpop,
+                    on_resend=req.resent,
                 )
             return req.token(
                 oauth2_token(

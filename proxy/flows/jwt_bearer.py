@@ -51,7 +51,13 @@ class JwtBearerFlow(Flow[JwtBearerAuth]):
         fields.update(auth.extra)
         async with self.counted(self.grant) as req:
             data = await request_json(
-                self.client, "POST", auth.token_url, headers=headers, form=form_fields(fields)
+                self.client,
+                "POST",
+                auth.token_url,
+                headers=headers,
+                form=form_fields(fields),
+                dpop=self.dpop,
+                on_resend=req.resent,
             )
             return req.token(
                 oauth2_token(

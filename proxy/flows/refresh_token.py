@@ -34,7 +34,13 @@ class RefreshTokenFlow(Flow[RefreshTokenAuth]):
         try:
             async with self.counted(self.grant) as req:
                 data = await request_json(
-                    self.client, "POST", auth.token_url, headers=headers, form=form
+                    self.client,
+                    "POST",
+                    auth.token_url,
+                    headers=headers,
+                    form=form,
+                    dpop=self.dpop,
+                    on_resend=req.resent,
                 )
                 return req.token(
                     oauth2_token(

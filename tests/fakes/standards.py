@@ -21,12 +21,23 @@ Behaviour copied from real servers, where the RFCs leave a choice:
 - metadata (RFC 8414 3, OpenID Connect Discovery 1.0 4) at both well-known
   paths, with the issuer equal to the URL it was fetched under;
 - the token endpoint takes only POST with
-  ``application/x-www-form-urlencoded`` (RFC 6749 3.2).
+  ``application/x-www-form-urlencoded`` (RFC 6749 3.2);
+- DPoP (RFC 9449 4.3, 7.1, 8, 9): a proof is checked for ``typ`` dpop+jwt, an
+  asymmetric ``alg``, a public ``jwk`` only, its signature, ``htm``, ``htu``
+  (no query), ``iat`` within a minute, a ``jti`` never seen, ``ath`` at the
+  resource server, and the nonce when one is required; a bound token has
+  ``cnf.jkt`` and ``token_type: DPoP``, and is refused as a bearer. As
+  oidc-provider and Keycloak do: the nonce challenges are a 400 ``use_dpop_nonce``
+  at the token endpoint and a 401 ``WWW-Authenticate: DPoP error="use_dpop_nonce"``
+  at the API, each with ``DPoP-Nonce``.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +92,11 @@ class StandardsServer(FakeProvider):
         self.metadata_requests = 0
         self.metadata_overrides: dict[str, Any] = {}
         self.peer_cert: dict[str, Any] | None = None
+        #: DPoP: nonces demanded at the token endpoint / the API (None: none needed)
+        self.token_nonce: str | None = None
+        self.api_nonce: str | None = None
+        self.dpop_proofs: list[dict[str, Any]] = []
+        self.dpop_problems: list[str] = []
 
     @property  # type: ignore[override]
     def issuer(self) -> str:
@@ -138,6 +154,17 @@ class StandardsServer(FakeProvider):
         client, failure = self._authenticate(request, one, grant)
         if failure is not None:
             return failure
+        jkt: str | None = None
+        if "dpop" in {k.lower() for k in request.headers}:
+            claims_or_problem = self._proof(request, self.token_endpoint, None, self.token_nonce)
+            if isinstance(claims_or_problem, str):
+                if claims_or_problem == "use_dpop_nonce":
+                    return json_response(
+                        {"error": "use_dpop_nonce", "error_description": "nonce required"},
+                        400, {"DPoP-Nonce": self.token_nonce or ""},
+                    )  # fmt: skip
+                return _error(400, "invalid_dpop_proof", claims_or_problem)
+            jkt = claims_or_problem["jkt"]
         resources = form.get("resource", [])
         for res in resources:
             if "#" in res or "://" not in res or res not in self.resources:
@@ -157,13 +184,99 @@ class StandardsServer(FakeProvider):
             claims["aud"] = resources if len(resources) > 1 else resources[0]
         if one.get("scope"):
             claims["scope"] = one["scope"]
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
         tok = self.issue_access_token(
             expires_at=self.now() + self.token_ttl, grant=grant or "", claims=claims
         )
         self.logins += 1
+        kind = "DPoP" if jkt else "Bearer"
         return json_response(
-            {"access_token": tok.token, "token_type": "Bearer", "expires_in": self.token_ttl}
+            {"access_token": tok.token, "token_type": kind, "expires_in": self.token_ttl}
         )
+
+    # -- DPoP ----------------------------------------------------------------------------
+
+    def _proof(
+        self, request: web.Request, url: str, token: str | None, nonce: str | None
+    ) -> dict[str, Any] | str:
+        """The checked proof's claims (plus ``jkt``), or why it is refused."""
+        values = request.headers.getall("DPoP", [])
+        if len(values) != 1:
+            return "exactly one DPoP header required"
+        proof = values[0]
+        try:
+            header = jwt.get_unverified_header(proof)
+        except jwt.PyJWTError:
+            return "malformed proof"
+        jwk = header.get("jwk")
+        if header.get("typ") != "dpop+jwt" or header.get("alg") not in ("ES256", "RS256"):
+            return "typ must be dpop+jwt with an asymmetric alg"
+        if not isinstance(jwk, dict) or any(k in jwk for k in ("d", "p", "q")):
+            return "jwk must be a public key"
+        try:
+            key = jwt.PyJWK(jwk).key
+            claims = jwt.decode(
+                proof, key, algorithms=[header["alg"]],
+                options={"require": ["jti", "htm", "htu", "iat"], "verify_aud": False},
+            )  # fmt: skip
+        except (jwt.PyJWTError, ValueError) as exc:
+            return f"bad proof: {type(exc).__name__}"
+        self.dpop_proofs.append(claims)
+        if claims["htm"] != request.method or claims["htu"] != url:
+            return f"htm/htu mismatch: {claims['htm']} {claims['htu']}"
+        if abs(claims["iat"] - time.time()) > 60:
+            return "iat out of range"
+        if claims["jti"] in self.seen_jti:
+            return "jti replayed"
+        self.seen_jti.add(claims["jti"])
+        if token is not None:
+            ath = base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest())
+            if claims.get("ath") != ath.rstrip(b"=").decode():
+                return "ath mismatch"
+        if nonce is not None and claims.get("nonce") != nonce:
+            return "use_dpop_nonce"
+        members = {k: jwk[k] for k in ("crv", "kty", "x", "y") if k in jwk}
+        canonical = json.dumps(members, sort_keys=True, separators=(",", ":")).encode()
+        jkt = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=")
+        return {**claims, "jkt": jkt.decode()}
+
+    async def api_precheck(self, request: web.Request) -> web.StreamResponse | None:
+        header = request.headers.get("Authorization", "")
+        if not header.lower().startswith("dpop "):
+            token = header.partition(" ")[2]
+            record = self.access_tokens.get(token)
+            if record is not None and "cnf" in record.claims:
+                return self._dpop_unauthorized("invalid_token", "a DPoP-bound token as bearer")
+            return None
+        token = header[5:].strip()
+        record = self.access_tokens.get(token)
+        if record is None or not record.valid_at(self.now()) or "cnf" not in record.claims:
+            return self._dpop_unauthorized("invalid_token", "unknown or unbound token")
+        url = f"{self.base_url}{request.rel_url.path}"
+        result = self._proof(request, url, token, self.api_nonce)
+        if result == "use_dpop_nonce":
+            return self._dpop_unauthorized("use_dpop_nonce", "nonce required")
+        if isinstance(result, str):
+            self.dpop_problems.append(result)
+            return self._dpop_unauthorized("invalid_dpop_proof", result)
+        if result["jkt"] != record.claims["cnf"]["jkt"]:
+            return self._dpop_unauthorized("invalid_token", "key mismatch")
+        body = await request.read()
+        return json_response(
+            {"ok": True, "path": request.path, "length": len(body), "jti": record.jti}
+        )
+
+    def _dpop_unauthorized(self, error: str, description: str) -> web.Response:
+        challenge = f'DPoP error="{error}", error_description="{description}", algs="ES256"'
+        headers = {"WWW-Authenticate": challenge}
+        if error == "use_dpop_nonce" and self.api_nonce:
+            headers["DPoP-Nonce"] = self.api_nonce
+        return json_response({"error": error, "error_description": description}, 401, headers)
+
+    def rotate_nonces(self) -> None:
+        self.token_nonce = "tn-" + secrets.token_urlsafe(8)
+        self.api_nonce = "an-" + secrets.token_urlsafe(8)
 
     def _authenticate(
         self, request: web.Request, form: dict[str, str], grant: str | None
@@ -277,10 +390,14 @@ class StandardsServer(FakeProvider):
 
 
 def _common_name(cert: Any) -> str | None:
+    """The subject's CN, else its first DNS SAN (RFC 8705 2.1.2's tls_client_auth_san_dns)."""
     if not cert:
         return None
     for rdn in cert.get("subject", ()):
         for key, value in rdn:
             if key == "commonName":
                 return str(value)
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "DNS":
+            return str(value)
     return None
