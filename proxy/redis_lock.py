@@ -84,6 +84,7 @@ class RefreshLock:
         Raises :class:`Unavailable` when Redis does not answer."""
         value = f"{self.owner}:{next(self._n)}"
         deadline = time.monotonic() + wait
+        first = True
         while True:
             try:
                 ok = await self.call("lock", self.client.set(key, value, nx=True, px=self.lease_ms))
@@ -93,6 +94,13 @@ class RefreshLock:
                 raise
             if ok:
                 return value
+            if first:
+                # redis-py retries a call that timed out on a new connection: the
+                # first SET may have run after all (a Redis resuming from a pause)
+                # and the retry then found our own value. Ours: we hold it.
+                first = False
+                if await self.call("lock", self.client.get(key)) == value.encode():
+                    return value
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(LOCK_POLL)

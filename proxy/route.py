@@ -116,7 +116,7 @@ class RouteRuntime:
                 config.name,
                 extra={"route": config.name},
             )
-        # One pool of keep-alive connections per upstream (see proxy.upstream).
+        # One pool of keep-alive connections per upstream (see proxy.http1.pool).
         port = up.port or (443 if up.scheme == "https" else 80)
         egress = config.egress_proxy
         via = egress.proxy_for(up.scheme, up.host or "", port) if egress is not None else None

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from cachetools import TLRUCache
 
-from proxy.token import Token
+from proxy.errors import ProxyError, TokenBackoff, TokenUnavailable
+from proxy.token import Token, TokenFetchError
 
 log = logging.getLogger("authproxy.tokens")
 
@@ -122,3 +123,28 @@ class RefusalCooldown:
             self._logged = False
         if self.cooldown > 0:
             self._recent["replaced"] = self.cooldown * (1.0 + COOLDOWN_JITTER * self._rand())
+
+
+def failure_wait(
+    backoff: Backoff, attempts: int, exc: TokenFetchError, spends_refresh: bool, timeout: float
+) -> float:
+    """How long after a failed token request the next one may start."""
+    wait = backoff.delay(attempts)
+    if exc.retry_after is not None:
+        wait = max(wait, exc.retry_after)
+    if exc.lost and spends_refresh:
+        # The provider may still be working on the refresh whose answer we lost,
+        # and may have rotated the refresh token already. Presenting it again
+        # sooner than it had to answer the first one is what reuse detection
+        # (oidc-provider) punishes by revoking the grant: wait at least that long.
+        wait = max(wait, timeout)
+    return wait
+
+
+def as_proxy_error(route: str, exc: TokenFetchError, wait: float | None) -> ProxyError:
+    """What a caller answers for a failed fetch: 503 while backing off, else 502."""
+    if exc.retryable and wait is not None and wait > 0:
+        return TokenBackoff(
+            f"{exc.message}; retrying in {wait:.0f}s", route=route, retry_after=wait
+        )
+    return TokenUnavailable(exc.message, route=route)

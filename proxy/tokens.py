@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from proxy.clock import Clock, Timer, call_later
-from proxy.errors import ProxyError, TokenBackoff, TokenUnavailable
 from proxy.token import (
     EXPIRY_SKEW,
     NeedsConsent,
@@ -34,7 +33,15 @@ from proxy.token import (
     expiry_skew,
     log_token_event,
 )
-from proxy.token_timing import BACKOFF_CAP, REFUSED_COOLDOWN, Backoff, RefusalCooldown, refresh_at
+from proxy.token_timing import (
+    BACKOFF_CAP,
+    REFUSED_COOLDOWN,
+    Backoff,
+    RefusalCooldown,
+    as_proxy_error,
+    failure_wait,
+    refresh_at,
+)
 
 log = logging.getLogger("authproxy.tokens")
 
@@ -152,14 +159,14 @@ class TokenManager:
         self.events.cache(self.route, False)
         failure = self._failure
         if failure is not None and now < failure.until and self._task is None:
-            raise self._as_proxy_error(failure.error, failure.until - now)
+            raise as_proxy_error(self.route, failure.error, failure.until - now)
         task = self._task or self._start()
         try:
             return await asyncio.shield(task)
         except TokenFetchError as exc:
             failure = self._failure
             wait = failure.until - self.clock.time() if failure else None
-            raise self._as_proxy_error(exc, wait) from None
+            raise as_proxy_error(self.route, exc, wait) from None
 
     def invalidate(self, token: Token) -> bool:
         """An upstream refused ``token``: True when it was dropped (see :meth:`refused`)."""
@@ -350,15 +357,9 @@ class TokenManager:
     def _fail(self, exc: TokenFetchError, seconds: float) -> None:
         attempts = (self._failure.attempts if self._failure else 0) + 1
         now = self.clock.time()
-        wait = self.backoff.delay(attempts)
-        if exc.retry_after is not None:
-            wait = max(wait, exc.retry_after)
-        if exc.lost and self.source.grant in REFRESH_GRANTS:
-            # The provider may still be working on the refresh whose answer we lost,
-            # and may have rotated the refresh token already. Presenting it again
-            # sooner than it had to answer the first one is what reuse detection
-            # (oidc-provider) punishes by revoking the grant: wait at least that long.
-            wait = max(wait, self.token_timeout)
+        wait = failure_wait(
+            self.backoff, attempts, exc, self.source.grant in REFRESH_GRANTS, self.token_timeout
+        )
         self._failure = _Failure(exc, now + wait, attempts)
         self.events.failed(self.route, self.source.grant, exc, seconds)
         log.warning(
@@ -414,15 +415,6 @@ class TokenManager:
         else:
             self._arm(at - now)
 
-    # -- errors -------------------------------------------------------------------------
-
-    def _as_proxy_error(self, exc: TokenFetchError, wait: float | None) -> ProxyError:
-        if exc.retryable and wait is not None and wait > 0:
-            return TokenBackoff(
-                f"{exc.message}; retrying in {wait:.0f}s", route=self.route, retry_after=wait
-            )
-        return TokenUnavailable(exc.message, route=self.route)
-
 
 def _alone(store: Any) -> bool:
     """True while a shared store cannot coordinate the replicas (Redis down)."""
@@ -434,14 +426,6 @@ def _newer(a: Token, b: Token) -> bool:
 
 
 __all__ = [
-    "EXPIRY_SKEW",
-    "Backoff",
-    "NeedsConsent",
-    "Token",
-    "TokenEvents",
-    "TokenFetchError",
-    "TokenManager",
-    "TokenSource",
-    "UnusableToken",
-    "expiry_skew",
-]
+    "EXPIRY_SKEW", "Backoff", "NeedsConsent", "Token", "TokenEvents", "TokenFetchError",
+    "TokenManager", "TokenSource", "UnusableToken", "expiry_skew",
+]  # fmt: skip

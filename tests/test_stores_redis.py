@@ -311,3 +311,21 @@ async def test_token_keys_expire_a_little_past_the_token_or_its_refresh_token(
     assert 86400 + margin - 5 < ttl["b:1"] <= 86400 + margin
     # a refresh token of unknown expiry: kept long (each refresh renews it), not forever
     assert 0 < ttl["c:1"] <= stores_redis.TTL_UNKNOWN
+
+
+async def test_a_lock_set_by_our_own_retried_call_is_recognised_as_held(
+    redis: RedisServer,  # noqa: F811
+    client: Any,
+) -> None:
+    # Found by bench/fleet.py (pause): redis-py retried a SET NX that had timed out
+    # while Redis was paused; Redis ran the first one on resume, the retry found the
+    # key taken, and every replica waited out a lease for a lock nobody used.
+    store = open_store(TokenStoreConfig(type="redis", url=redis.url, lock_lease=10.0))
+    try:
+        locks = store.locks  # type: ignore[attr-defined]
+        await client.set("authproxy:lock:inv:1", f"{locks.owner}:1", px=10000)
+        started = time.monotonic()
+        value = await locks.acquire("authproxy:lock:inv:1", wait=5.0)
+        assert value == f"{locks.owner}:1" and time.monotonic() - started < 0.5
+    finally:
+        await store.close()

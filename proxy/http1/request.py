@@ -222,7 +222,10 @@ class Request:
             if self._complete:
                 return  # the body is all here: "go on" would be noise
             self.expect_continue = False  # asked, and answered: do not send another
-        self._conn.write(b"".join([_status_line(status, reason), *lines, b"\r\n"]))
+        try:
+            self._conn.write(b"".join([_status_line(status, reason), *lines, b"\r\n"]))
+        except ConnectionError:
+            pass  # the client is gone: the handler finds out at its next write
 
     def start(
         self,
