@@ -159,6 +159,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         names = ", ".join(r.name for r in config.routes)
         print(f"config OK: {len(config.routes)} route(s): {names}")
+    if args.connect:
+        from proxy.store_check import connect_main
+
+        return run(connect_main(config))
     return EXIT_OK
 
 
@@ -280,6 +284,11 @@ def parser() -> argparse.ArgumentParser:
         "--explain",
         action="store_true",
         help="print the config as parsed, presets expanded, secrets masked",
+    )
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the token store, authenticate and run the lock script once",
     )
     p.set_defaults(func=cmd_check)
 

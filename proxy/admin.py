@@ -18,8 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import status_page
 from proxy.errors import MethodNotAllowed, NoRoute, ProxyError, error_answer
+from proxy.http1 import Request
 from proxy.readiness import readiness, readiness_doc, route_states
-from proxy.server import Request
+from proxy.stores import store_state
 
 if TYPE_CHECKING:
     from proxy.app import Proxy
@@ -46,6 +47,7 @@ def healthz(proxy: Proxy, request: Request) -> None:
 
 def readyz(proxy: Proxy, request: Request) -> None:
     ready, doc = readiness_doc(proxy)
+    doc["token_store"] = store_state(proxy.store)  # shown; never gates readiness
     _json(request, doc, 200 if ready else 503)
 
 

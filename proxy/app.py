@@ -27,12 +27,15 @@ from proxy.errors import (
     error_answer,
 )
 from proxy.forward import forward
+from proxy.http1 import Request, Server
+from proxy.http_errors import refusal_answer
 from proxy.logs import Exchange, access_log, remember_secrets
 from proxy.logs import access as log_access
 from proxy.metrics import Metrics, method_label
+from proxy.refusals import Refusals
+from proxy.replay import ReplayBudget
 from proxy.route import RouteRuntime
 from proxy.routing import Router
-from proxy.server import Request, Server
 from proxy.stores import TokenStore, open_store
 
 log = logging.getLogger("authproxy")
@@ -58,6 +61,8 @@ class Proxy:
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.metrics.recent.now = self.clock.time
+        self.refusals = Refusals(self.metrics)
+        self.replay_budget = ReplayBudget(config.limits.max_replay_total)
         self.store: TokenStore = store or open_store(config.token_store, metrics=self.metrics)
         self.routes: dict[str, RouteRuntime] = {}
         self.router: Router[RouteRuntime] = Router([])
@@ -80,17 +85,23 @@ class Proxy:
         """Build the routes, bind both listeners, and start fetching tokens."""
         self._build_routes(self.config)
         limits = self.config.limits
+        self.refusals.install(asyncio.get_running_loop())
         server = self._server = Server(
             self.handle,
             max_header_size=limits.max_header_size,
             idle_timeout=limits.idle_timeout,
+            backlog=limits.backlog,
+            error_answer=refusal_answer,
+            on_refused=self.refusals.on_refused,
         )
         self.proxy_address = await self._bind(server, self.config.listen, self.reuse_port)
+        self._spawn(self.refusals.watch_fds(server))
         if self.config.admin_listen is not None:
             admin = self._admin = Server(
                 admin_handler(self),
                 max_header_size=limits.max_header_size,
                 idle_timeout=limits.idle_timeout,
+                error_answer=refusal_answer,
             )
             self.admin_address = await self._bind(admin, self.config.admin_listen)
         self.ready = True
@@ -263,7 +274,7 @@ class Proxy:
                 )
             route.inflight += 1
             try:
-                await forward(request, route, match, ex)
+                await forward(request, route, match, ex, self.replay_budget)
             finally:
                 route.inflight -= 1
         except ProxyError as err:
@@ -272,8 +283,8 @@ class Proxy:
             self.metrics.proxy_errors.labels(route.name if route else "", err.code).inc()
             if err.status >= 500:
                 log.warning("%s: %s", err.code, err.message, extra={"route": err.route or ""})
-            # The connection ends with a 413: the rest of an oversized body is not read.
-            self._answer_error(request, err, ex, close=err.status == 413)
+            # The connection ends with a 413 or 408: the rest of the body is not read.
+            self._answer_error(request, err, ex, close=err.status in (408, 413))
         except Exception as exc:
             if isinstance(exc, ConnectionError) and request.client_gone:
                 pass  # the client went away: nobody to answer

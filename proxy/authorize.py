@@ -38,7 +38,7 @@ from yarl import URL
 
 from proxy.config import Config, RefreshTokenAuth, RouteConfig, TLSConfig
 from proxy.flows.client import TokenClient
-from proxy.flows.client_credentials import client_fields, oauth2_token
+from proxy.flows.client_credentials import client_fields, form_fields, oauth2_token
 from proxy.flows.http import request_json
 from proxy.route import auth_fingerprint, ssl_context
 from proxy.stores import StoreError, TokenStore, describe, open_store
@@ -69,18 +69,38 @@ def pkce_pair() -> tuple[str, str]:
 
 def authorization_url(auth: RefreshTokenAuth, state: str, challenge: str | None) -> str:
     assert auth.authorize_url and auth.redirect_uri
-    params = {
-        "response_type": "code",
-        "client_id": auth.client_id,
-        "redirect_uri": auth.redirect_uri,
-    }
+    params: list[tuple[str, str]] = [
+        ("response_type", "code"),
+        ("client_id", auth.client_id),
+        ("redirect_uri", auth.redirect_uri),
+    ]
     if auth.scope:
-        params["scope"] = auth.scope
-    params["state"] = state
+        params.append(("scope", auth.scope))
+    params.append(("state", state))
     if challenge is not None:
-        params["code_challenge"] = challenge
-        params["code_challenge_method"] = "S256"
-    return str(URL(auth.authorize_url).update_query(params))
+        params += [("code_challenge", challenge), ("code_challenge_method", "S256")]
+    # RFC 8707: the resources the grant is for; then the route's own extras
+    # (prompt=consent, access_type=offline: oidc-provider and Google grant no
+    # refresh token without them).
+    params += [("resource", r) for r in auth.resource]
+    params += list(auth.authorize_params.items())
+    return str(URL(auth.authorize_url).extend_query(params))
+
+
+def issuer_mismatch(auth: RefreshTokenAuth, iss: str | None) -> str | None:
+    """RFC 9207: why the callback's ``iss`` shows a mix-up, or None.
+
+    Checked when the callback carries ``iss`` and the route's ``issuer`` is known:
+    a different value means the code came from another authorization server.
+    """
+    if iss is None or not auth.issuer:
+        return None
+    if iss.rstrip("/") == auth.issuer.rstrip("/"):
+        return None
+    return (
+        "the callback's iss does not name this route's issuer (RFC 9207: a mix-up "
+        "attack, or the wrong provider); nothing was stored"
+    )
 
 
 def _say(text: str) -> None:
@@ -215,6 +235,8 @@ async def _authorize(
                 "the callback's state does not match this authorization (an old or "
                 "forged link); nothing was stored. Run `authproxy authorize` again",
             )
+        elif (mixup := issuer_mismatch(auth, query.get("iss"))) is not None:
+            outcome = Outcome(False, mixup)
         elif "error" in query:
             error = _printable(query.get("error", ""))
             detail = _printable(query.get("error_description", ""))
@@ -282,14 +304,17 @@ async def _exchange(
         "code": code,
         "redirect_uri": auth.redirect_uri,
     }
-    headers = client_fields(auth.client_id, auth.client_secret, auth.client_auth, fields)
+    headers = client_fields(auth, auth.token_url, fields, time.time())
     if verifier is not None:
         fields["code_verifier"] = verifier
-    form = {k: str(v) for k, v in fields.items()}
+    form = form_fields(fields)
     up = URL(auth.token_url)
     ctx = ssl_context(route) if up.scheme == "https" or route.tls != TLSConfig() else None
     client = TokenClient(
-        ssl_context=ctx, timeout=route.token_timeout, connect_timeout=route.connect_timeout
+        ssl_context=ctx,
+        timeout=route.token_timeout,
+        connect_timeout=route.connect_timeout,
+        egress=route.egress_proxy,
     )
     data = await request_json(client, "POST", auth.token_url, headers=headers, form=form)
     return oauth2_token(data, now=time.time(), default_ttl=auth.default_ttl, how="authorize")

@@ -18,11 +18,17 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import yaml
 from yarl import URL
+
+from proxy.auth_config import COMMON, oauth_keys
+from proxy.config_store import SentinelConfig as SentinelConfig
+from proxy.config_store import TokenStoreConfig as TokenStoreConfig
+from proxy.config_store import lease_for, parse_token_store
+from proxy.egress import EgressConfig, parse_setting
 
 T = TypeVar("T")
 
@@ -70,6 +76,8 @@ _SIZE_UNITS = {
     "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3,
 }  # fmt: skip
 _SECRET_REF = re.compile(r"\$\{(env|file):([^}]*)\}")
+#: any other ``${...}``: a typo or an unsupported store (``${vault:x}``, ``${ENV:X}``)
+_OTHER_REF = re.compile(r"\$\{([^}:]*)(:?)[^}]*\}")
 
 
 def parse_duration(value: Any) -> float:
@@ -183,9 +191,16 @@ class ClientCredentialsAuth:
     audience: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     body: Literal["form", "json"] = "form"
-    client_auth: Literal["body", "basic"] = "body"
+    client_auth: str = "body"
     default_ttl: float = 300.0
     type: Literal["oauth2_client_credentials"] = "oauth2_client_credentials"
+    # issue 13's standards (proxy/auth_config.py)
+    private_key: str | None = None
+    key_id: str | None = None
+    resource: tuple[str, ...] = ()
+    issuer: str | None = None
+    discovery_url: str | None = None
+    dpop: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,9 +214,39 @@ class RefreshTokenAuth:
     scope: str | None = None
     pkce: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
-    client_auth: Literal["body", "basic"] = "body"
+    client_auth: str = "body"
     default_ttl: float = 300.0
     type: Literal["oauth2_refresh_token"] = "oauth2_refresh_token"
+    # issue 13's standards (proxy/auth_config.py)
+    private_key: str | None = None
+    key_id: str | None = None
+    resource: tuple[str, ...] = ()
+    issuer: str | None = None
+    discovery_url: str | None = None
+    dpop: bool = False
+    authorize_params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JwtBearerAuth:
+    """RFC 7523 section 2.1: a signed assertion exchanged for an access token."""
+
+    token_url: str
+    private_key: str
+    claims: Mapping[str, Any]
+    key_id: str | None = None
+    scope: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    client_id: str = ""
+    client_secret: str = ""
+    client_auth: str = "none"
+    resource: tuple[str, ...] = ()
+    issuer: str | None = None
+    discovery_url: str | None = None
+    dpop: bool = False
+    assertion_ttl: float = 300.0
+    default_ttl: float = 300.0
+    type: Literal["oauth2_jwt_bearer"] = "oauth2_jwt_bearer"
 
 
 @dataclass(frozen=True)
@@ -237,8 +282,10 @@ class LoginAuth:
     type: Literal["login"] = "login"
 
 
-AuthConfig = NoAuth | StaticAuth | ClientCredentialsAuth | RefreshTokenAuth | LoginAuth
-TokenAuth = ClientCredentialsAuth | RefreshTokenAuth | LoginAuth
+AuthConfig = (
+    NoAuth | StaticAuth | ClientCredentialsAuth | RefreshTokenAuth | LoginAuth | JwtBearerAuth
+)
+TokenAuth = ClientCredentialsAuth | RefreshTokenAuth | LoginAuth | JwtBearerAuth
 
 
 @dataclass(frozen=True)
@@ -253,22 +300,20 @@ class RouteConfig:
     refresh_before: float = 60.0
     connect_timeout: float = 5.0
     timeout: float = 60.0
+    #: inactivity while a body streams, either direction; re-armed per chunk
+    read_timeout: float = 60.0
+    #: a request body that stops arriving (408 request_timeout)
+    body_timeout: float = 30.0
     token_timeout: float = 10.0
     retry_on_401: bool = True
     max_replay_body: int = 1024**2
     max_body: int = 100 * 1024**2
     max_concurrent: int = 1000
     preset: str | None = None
-
-
-@dataclass(frozen=True)
-class TokenStoreConfig:
-    type: Literal["memory", "file", "redis"] = "memory"
-    path: str | None = None
-    url: str | None = None
-    encryption_key: str | None = None
-    key_prefix: str = "authproxy"
-    lock_lease: float = 15.0
+    #: the egress (corporate HTTP) proxy for the upstream and token endpoint; None: direct
+    egress_proxy: EgressConfig | None = None
+    refused_cooldown: float = 5.0
+    backoff_cap: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -277,6 +322,10 @@ class Limits:
     max_header_size: int = 16 * 1024
     max_concurrent: int = 1000
     idle_timeout: float = 75.0
+    #: the listen queue of the proxy port
+    backlog: int = 1024
+    #: request bodies buffered for a 401 replay, across all routes at once
+    max_replay_total: int = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -313,10 +362,12 @@ TOP_KEYS = {
     "inbound_token", "insecure_allow_any", "unix_socket_mode", "shutdown_grace", "limits",
     "readiness",
 }  # fmt: skip
+TOP_KEYS |= {"allow_empty_secrets"}  # key paths whose ${env:}/${file:} may be empty
 DEFAULT_KEYS = {
     "refresh_before", "connect_timeout", "timeout", "token_timeout", "retry_on_401",
-    "max_replay_body",
+    "max_replay_body", "read_timeout", "body_timeout", "egress_proxy",
 }  # fmt: skip
+DEFAULT_KEYS |= {"refused_cooldown", "backoff_cap"}  # token layer (proxy/token_timing.py)
 ROUTE_KEYS = DEFAULT_KEYS | {
     "prefix", "upstream", "auth", "inject", "pass_client_authorization", "tls",
     "max_concurrent", "max_body",
@@ -324,7 +375,7 @@ ROUTE_KEYS = DEFAULT_KEYS | {
 #: keys whose values are secrets even when written literally
 SECRET_KEYS = {
     "client_secret", "password", "api_key", "refresh_token", "value", "inbound_token",
-    "encryption_key", "clientSecret",
+    "encryption_key", "clientSecret", "private_key",
 }  # fmt: skip
 
 
@@ -372,6 +423,8 @@ class _Parser:
         self.problems = loader.problems
         self.environ = environ
         self.files: list[str] = []
+        #: key paths (``routes.api.auth.client_secret``) allowed an empty secret
+        self.allow_empty: set[str] = set()
 
     def error(self, path: str, message: str) -> None:
         line = self.loader.lines.get(path)
@@ -401,16 +454,30 @@ class _Parser:
                 if ref not in self.environ:
                     self.error(path, f"environment variable {ref} is not set")
                     return ""
-                return self.environ[ref]
-            self.files.append(ref)
-            try:
-                with open(ref, encoding="utf-8") as fh:
-                    return fh.read().rstrip("\r\n")
-            except OSError as exc:
-                self.error(path, f"cannot read secret file {ref}: {exc.strerror or exc}")
-                return ""
+                got = self.environ[ref]
+                where = f"environment variable {ref}"
+            else:
+                self.files.append(ref)
+                try:
+                    with open(ref, encoding="utf-8") as fh:
+                        got = fh.read().rstrip("\r\n")
+                except OSError as exc:
+                    self.error(path, f"cannot read secret file {ref}: {exc.strerror or exc}")
+                    return ""
+                where = f"secret file {ref}"
+            if not got and path not in self.allow_empty:
+                self.error(path, f"{where} is empty (list {path} in allow_empty_secrets if meant)")
+            return got
 
         out = _SECRET_REF.sub(sub, value)
+        # Scan what was written, never a resolved value: that could be a secret.
+        for other in _OTHER_REF.finditer(_SECRET_REF.sub("", value)):
+            scheme = other.group(1) + other.group(2)
+            self.error(
+                path,
+                f"unknown secret reference ${{{scheme}...}}: only ${{env:NAME}} and "
+                "${file:/path} are read (names are case-sensitive)",
+            )
         return Secret(out) if (found or secret) else out
 
     # typed getters -----------------------------------------------------------
@@ -454,6 +521,11 @@ class _Parser:
 
     def size(self, data: dict[str, Any], key: str, path: str, default: int) -> int:
         return self.value(data, key, path, parse_size, default)
+
+    def egress(
+        self, data: dict[str, Any], key: str, path: str, default: EgressConfig | None
+    ) -> EgressConfig | None:
+        return self.value(data, key, path, lambda v: parse_setting(v, self.environ), default)
 
     def choice(
         self, data: dict[str, Any], key: str, path: str, options: tuple[str, ...], default: str
@@ -668,21 +740,22 @@ def _parse_auth(p: _Parser, data: Any, path: str) -> tuple[AuthConfig | None, st
             path,
             {
                 "type", "token_url", "client_id", "client_secret", "scope", "audience",
-                "extra", "body", "client_auth", "default_ttl",
+                "extra", "body", "client_auth", "default_ttl", *COMMON,
             },
         )  # fmt: skip
         extra = p.resolve(d.get("extra") or {}, f"{path}.extra")
+        std = oauth_keys(p, d, path, kind)
         return (
             ClientCredentialsAuth(
-                token_url=p.value(d, "token_url", path, _http_url, _MISSING) or "",
+                token_url=p.value(d, "token_url", path, _http_url, _token_url(std)) or "",
                 client_id=p.string(d, "client_id", path) or "",
-                client_secret=p.string(d, "client_secret", path) or "",
+                client_secret=p.string(d, "client_secret", path, _secret(std)) or "",
                 scope=p.value(d, "scope", path, _scope, None),
                 audience=p.string(d, "audience", path, None),
                 extra=extra if isinstance(extra, dict) else {},
                 body=p.choice(d, "body", path, ("form", "json"), "form"),
-                client_auth=p.choice(d, "client_auth", path, ("body", "basic"), "body"),
                 default_ttl=p.duration(d, "default_ttl", path, 300.0),
+                **std,
             ),
             None,
             None,
@@ -694,27 +767,30 @@ def _parse_auth(p: _Parser, data: Any, path: str) -> tuple[AuthConfig | None, st
             {
                 "type", "token_url", "client_id", "client_secret", "refresh_token",
                 "authorize_url", "redirect_uri", "scope", "pkce", "extra", "client_auth",
-                "default_ttl",
+                "default_ttl", "authorize_params", *COMMON,
             },
         )  # fmt: skip
         extra = p.resolve(d.get("extra") or {}, f"{path}.extra")
+        std = oauth_keys(p, d, path, kind)
         return (
             RefreshTokenAuth(
-                token_url=p.value(d, "token_url", path, _http_url, _MISSING) or "",
+                token_url=p.value(d, "token_url", path, _http_url, _token_url(std)) or "",
                 client_id=p.string(d, "client_id", path) or "",
-                client_secret=p.string(d, "client_secret", path) or "",
+                client_secret=p.string(d, "client_secret", path, _secret(std)) or "",
                 refresh_token=p.string(d, "refresh_token", path, None) or None,
                 authorize_url=p.value(d, "authorize_url", path, _http_url, None),
                 redirect_uri=p.value(d, "redirect_uri", path, _http_url, None),
                 scope=p.value(d, "scope", path, _scope, None),
                 pkce=p.boolean(d, "pkce", path, False),
                 extra=extra if isinstance(extra, dict) else {},
-                client_auth=p.choice(d, "client_auth", path, ("body", "basic"), "body"),
                 default_ttl=p.duration(d, "default_ttl", path, 300.0),
+                **std,
             ),
             None,
             None,
         )
+    if kind == "oauth2_jwt_bearer":
+        return _parse_jwt_bearer(p, data, path), None, None
     if kind == "login":
         d = p.section(data, path, {"type", "request", "response", "refresh", "default_ttl"})
         request = _parse_request(p, d.get("request"), f"{path}.request")
@@ -739,12 +815,43 @@ def _parse_auth(p: _Parser, data: Any, path: str) -> tuple[AuthConfig | None, st
             None,
             None,
         )
-    known = "none, static, oauth2_client_credentials, oauth2_refresh_token, login"
+    known = (
+        "none, static, oauth2_client_credentials, oauth2_refresh_token, oauth2_jwt_bearer, login"
+    )
     if kind is None:
         p.error(f"{path}.type", f"is required (one of {known}), or give a preset")
     else:
         p.error(f"{path}.type", f"unknown auth type {kind!r}; one of {known}")
     return None, None, None
+
+
+def _token_url(std: dict[str, Any]) -> Any:
+    # Discovery (issuer/discovery_url) brings the token endpoint; else it is required.
+    return "" if std.get("issuer") or std.get("discovery_url") else _MISSING
+
+
+def _secret(std: dict[str, Any]) -> Any:
+    # Clients that do not authenticate with a secret need none.
+    no_secret = ("none", "private_key_jwt", "tls_client_auth")
+    return "" if std.get("client_auth") in no_secret else _MISSING
+
+
+def _parse_jwt_bearer(p: _Parser, data: dict[str, Any], path: str) -> JwtBearerAuth:
+    keys = {"type", "token_url", "claims", "scope", "extra", "client_id", "client_secret"}
+    d = p.section(data, path, keys | COMMON | {"default_ttl", "assertion_ttl"})
+    std = oauth_keys(p, d, path, "oauth2_jwt_bearer")
+    if "client_auth" not in d:
+        std["client_auth"] = "none" if "client_secret" not in d else "body"
+    extra = p.resolve(d.get("extra") or {}, f"{path}.extra")
+    return JwtBearerAuth(
+        token_url=p.value(d, "token_url", path, _http_url, _token_url(std)) or "",
+        scope=p.value(d, "scope", path, _scope, None),
+        extra=extra if isinstance(extra, dict) else {},
+        client_id=p.string(d, "client_id", path, ""),
+        client_secret=p.string(d, "client_secret", path, ""),
+        default_ttl=p.duration(d, "default_ttl", path, 300.0),
+        **std,
+    )
 
 
 def _parse_route(
@@ -786,6 +893,10 @@ def _parse_route(
     if "{access_token}" not in inject.format:
         p.error(f"{path}.inject.format", "must contain {access_token}")
 
+    tls = _parse_tls(p, d.get("tls"), f"{path}.tls")
+    if getattr(auth, "client_auth", None) == "tls_client_auth" and not tls.client_cert:
+        p.error(f"{path}.auth.client_auth", "tls_client_auth needs the route's tls.client_cert")
+
     def pick(key: str, getter: Callable[..., Any]) -> Any:
         if key in d:
             return getter(d, key, path, defaults[key])
@@ -798,13 +909,18 @@ def _parse_route(
         auth=auth or NoAuth(),
         inject=inject,
         pass_client_authorization=p.boolean(d, "pass_client_authorization", path, False),
-        tls=_parse_tls(p, d.get("tls"), f"{path}.tls"),
+        tls=tls,
         refresh_before=pick("refresh_before", p.duration),
         connect_timeout=pick("connect_timeout", p.duration),
         timeout=pick("timeout", p.duration),
+        read_timeout=pick("read_timeout", p.duration),
+        body_timeout=pick("body_timeout", p.duration),
         token_timeout=pick("token_timeout", p.duration),
         retry_on_401=pick("retry_on_401", p.boolean),
         max_replay_body=pick("max_replay_body", p.size),
+        egress_proxy=pick("egress_proxy", p.egress),
+        refused_cooldown=pick("refused_cooldown", p.duration),
+        backoff_cap=pick("backoff_cap", p.duration),
         max_body=p.size(d, "max_body", path, limits.max_body),
         max_concurrent=p.value(d, "max_concurrent", path, _positive_int, limits.max_concurrent),
         preset=preset,
@@ -819,6 +935,11 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
         raise ConfigError(problems, source)
     p = _Parser(loader, os.environ if environ is None else environ)
     top = p.section(loader.root, "", TOP_KEYS)
+    allow_empty = top.get("allow_empty_secrets") or []
+    if not isinstance(allow_empty, list) or not all(isinstance(k, str) for k in allow_empty):
+        p.error("allow_empty_secrets", "must be a list of key paths")
+    else:
+        p.allow_empty = set(allow_empty)
     if loader.root is None:
         p.error("", "the file is empty; it needs at least routes")
     elif not isinstance(loader.root, dict):
@@ -832,21 +953,14 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
     if listen is not None and admin is not None and _same_address(listen, admin):
         p.error("admin_listen", f"{admin} is also `listen`: the admin port needs its own address")
 
-    ts = p.section(
-        top.get("token_store"), "token_store", {f for f in TokenStoreConfig.__dataclass_fields__}
+    store = parse_token_store(
+        p,
+        top.get("token_store"),
+        secret=lambda v: Secret(_as_str(v)),
+        fernet_key=_fernet_key,
+        parse_tls=_parse_tls,
+        lease=15.0,
     )
-    store = TokenStoreConfig(
-        type=p.choice(ts, "type", "token_store", ("memory", "file", "redis"), "memory"),
-        path=p.string(ts, "path", "token_store", None),
-        url=p.string(ts, "url", "token_store", None),
-        encryption_key=p.value(ts, "encryption_key", "token_store", _fernet_key, None),
-        key_prefix=p.string(ts, "key_prefix", "token_store", "authproxy"),
-        lock_lease=p.duration(ts, "lock_lease", "token_store", 15.0),
-    )
-    if store.type == "file" and not store.path:
-        p.error("token_store.path", "is required for a file store")
-    if store.type == "redis" and not store.url:
-        p.error("token_store.url", "is required for a redis store")
 
     lim = p.section(top.get("limits"), "limits", {f for f in Limits.__dataclass_fields__})
     limits = Limits(
@@ -856,6 +970,8 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
             lim, "max_concurrent", "limits", _positive_int, Limits.max_concurrent
         ),
         idle_timeout=p.duration(lim, "idle_timeout", "limits", Limits.idle_timeout),
+        backlog=p.value(lim, "backlog", "limits", _positive_int, Limits.backlog),
+        max_replay_total=p.size(lim, "max_replay_total", "limits", Limits.max_replay_total),
     )
 
     dd = p.section(top.get("defaults"), "defaults", DEFAULT_KEYS)
@@ -864,9 +980,14 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
         "refresh_before": p.duration(dd, "refresh_before", "defaults", base.refresh_before),
         "connect_timeout": p.duration(dd, "connect_timeout", "defaults", base.connect_timeout),
         "timeout": p.duration(dd, "timeout", "defaults", base.timeout),
+        "read_timeout": p.duration(dd, "read_timeout", "defaults", base.read_timeout),
+        "body_timeout": p.duration(dd, "body_timeout", "defaults", base.body_timeout),
         "token_timeout": p.duration(dd, "token_timeout", "defaults", base.token_timeout),
         "retry_on_401": p.boolean(dd, "retry_on_401", "defaults", base.retry_on_401),
         "max_replay_body": p.size(dd, "max_replay_body", "defaults", base.max_replay_body),
+        "egress_proxy": p.egress(dd, "egress_proxy", "defaults", None),
+        "refused_cooldown": p.duration(dd, "refused_cooldown", "defaults", base.refused_cooldown),
+        "backoff_cap": p.duration(dd, "backoff_cap", "defaults", base.backoff_cap),
     }
 
     routes: list[RouteConfig] = []
@@ -881,6 +1002,9 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
             r = _parse_route(p, str(name), data, f"routes.{name}", defaults, limits)
             if r is not None:
                 routes.append(r)
+    raw_store = top.get("token_store")
+    if not (isinstance(raw_store, dict) and "lock_lease" in raw_store):
+        store = replace(store, lock_lease=lease_for([r.token_timeout for r in routes]))
     seen: dict[str, str] = {}
     for r in routes:
         if r.prefix in seen:
@@ -916,6 +1040,10 @@ def parse(text: str, environ: Mapping[str, str] | None = None, source: str = "co
             raise ValueError("must be a file mode such as 0660")
         return m
 
+    if not problems:  # only a config otherwise valid is worth a network round trip
+        from proxy.discovery import discover
+
+        routes = discover(routes, p.error)
     config = Config(
         routes=tuple(routes),
         listen=listen,

@@ -3,12 +3,16 @@
 Everything the proxy refuses or fails at is a :class:`ProxyError`. Each subclass
 knows its HTTP status and its contract code; :func:`error_answer` is the one
 place that turns any of them into the JSON body with ``X-Authproxy-Error``.
-Lower-layer failures (aiohttp client errors, token endpoint answers) are
-translated into these where they happen, with ``raise ... from exc``.
+The HTTP/1.1 layer's errors are translated into these in one place,
+:mod:`proxy.http_errors`; token endpoint answers where they are read.
 
     ProxyError
     ├── NoRoute              404 no_route
     ├── BadRequest           400 bad_request
+    │   ├── UriTooLong       414 bad_request
+    │   ├── HeadTooLarge     431 bad_request
+    │   └── VersionNotSupported 505 bad_request
+    ├── RequestTimeout       408 request_timeout  (the request body stopped arriving)
     ├── Forbidden            403 forbidden
     ├── MethodNotAllowed     405 method_not_allowed
     ├── BodyTooLarge         413 body_too_large
@@ -16,7 +20,8 @@ translated into these where they happen, with ``raise ... from exc``.
     ├── UpstreamUnavailable  502 upstream_unavailable
     ├── TokenBackoff         503 token_backoff   (Retry-After)
     ├── Overloaded           503 overloaded      (Retry-After)
-    └── UpstreamTimeout      504 upstream_timeout
+    ├── UpstreamTimeout      504 upstream_timeout
+    └── UpgradeNotSupported  501 upgrade_not_supported
 
 Messages are written for the person reading them and never contain a secret,
 a token or a query string.
@@ -51,6 +56,22 @@ class BadRequest(ProxyError):
     status, code = 400, "bad_request"
 
 
+class UriTooLong(BadRequest):
+    status = 414
+
+
+class HeadTooLarge(BadRequest):
+    status = 431
+
+
+class VersionNotSupported(BadRequest):
+    status = 505
+
+
+class RequestTimeout(ProxyError):
+    status, code = 408, "request_timeout"
+
+
 class Forbidden(ProxyError):
     status, code = 403, "forbidden"
 
@@ -81,6 +102,10 @@ class Overloaded(ProxyError):
 
 class UpstreamTimeout(ProxyError):
     status, code = 504, "upstream_timeout"
+
+
+class UpgradeNotSupported(ProxyError):
+    status, code = 501, "upgrade_not_supported"
 
 
 def error_body(err: ProxyError) -> bytes:

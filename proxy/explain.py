@@ -46,11 +46,28 @@ def _auth_view(auth: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _endpoints(upstream: str, auth: Any) -> dict[str, str]:
+    """The URLs a route connects to itself: its upstream, and the token endpoints of
+    its auth (``token_url``, a login's ``request``/``refresh``; not the browser's
+    ``authorize_url`` or ``redirect_uri``)."""
+    out = {"upstream": upstream}
+    for f in dataclasses.fields(auth):
+        value = getattr(auth, f.name)
+        url = getattr(value, "url", value)
+        if isinstance(url, str) and url.startswith(("http://", "https://")):
+            if f.name not in ("authorize_url", "redirect_uri"):
+                out[f.name] = url
+    return out
+
+
 def explain(config: Config) -> str:
     doc = _plain(config)
     routes = {r.pop("name"): r for r in doc.pop("routes")}
     for route in routes.values():
         route["auth"] = _auth_view(route["auth"])
+    for rc in config.routes:
+        if rc.egress_proxy is not None:
+            routes[rc.name]["egress_proxy"] = rc.egress_proxy.view(_endpoints(rc.upstream, rc.auth))
     doc.pop("sources", None)
     doc["routes"] = routes
     if config.unix_socket_mode is not None:

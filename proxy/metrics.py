@@ -198,7 +198,8 @@ class Metrics:
         )
         self.token_requests = Counter(
             "authproxy_token_requests_total",
-            "Token fetches, by route, grant and outcome (success, error).",
+            "HTTP requests to token endpoints, by route, grant and outcome "
+            "(success, error, unusable).",
             ["route", "grant", "outcome"],
             registry=r,
         )
@@ -218,7 +219,7 @@ class Metrics:
         )
         self.unauthorized_retries = Counter(
             "authproxy_unauthorized_retries_total",
-            "Upstream 401s, by outcome: replayed, not_replayable, failed.",
+            "Upstream 401s, by outcome: replayed, not_replayable, failed, refused_fresh.",
             ["route", "outcome"],
             registry=r,
         )
@@ -260,6 +261,13 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.token_store_up = Gauge(
+            "authproxy_token_store_up",
+            "1 while the token store is usable (shared tokens and lock), 0 while it is down.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.token_store_up.set(1)
         self.route_ready = Gauge(
             "authproxy_route_ready",
             "1 while the route can get its token (or needs none); it does not gate "

@@ -21,11 +21,14 @@ from yarl import URL
 
 from proxy.clock import Clock
 from proxy.config import RouteConfig, StaticAuth, TLSConfig
+from proxy.dpop import DPoPKey
 from proxy.errors import TokenUnavailable
 from proxy.flows import build_source
 from proxy.flows.client import TokenClient
+from proxy.http1 import Pool as UpstreamPool
+from proxy.token_events import TokenMetrics
 from proxy.tokens import Token, TokenManager
-from proxy.upstream import UpstreamPool
+from proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from proxy.metrics import Metrics
@@ -60,6 +63,13 @@ def _header_line(name: str, value: str) -> bytes:
     return f"{name}: {value}\r\n".encode("latin-1")
 
 
+#: auth keys added after stores held tokens (issue 13), with their defaults
+_ADDED_AUTH_DEFAULTS: dict[str, Any] = {
+    "private_key": None, "key_id": None, "resource": (), "issuer": None,
+    "discovery_url": None, "authorize_params": {}, "dpop": False,
+}  # fmt: skip
+
+
 def auth_fingerprint(route: RouteConfig) -> str:
     """A digest of what identifies a route's token: its auth and upstream.
 
@@ -71,6 +81,11 @@ def auth_fingerprint(route: RouteConfig) -> str:
     adding one to the config after ``authorize`` must not orphan the stored token.
     """
     auth = asdict(route.auth)
+    # Keys added later enter the digest only when set: an upgrade must not orphan
+    # the stored tokens (a refresh token would need a new `authorize`).
+    for key, default in _ADDED_AUTH_DEFAULTS.items():
+        if key in auth and auth[key] == default:
+            del auth[key]
     if route.auth.type == "oauth2_refresh_token":
         auth.pop("refresh_token", None)
     ident = {"auth": auth, "upstream": route.upstream}
@@ -101,12 +116,16 @@ class RouteRuntime:
                 config.name,
                 extra={"route": config.name},
             )
-        # One pool of keep-alive connections per upstream (see proxy.upstream).
+        # One pool of keep-alive connections per upstream (see proxy.http1.pool).
+        port = up.port or (443 if up.scheme == "https" else 80)
+        egress = config.egress_proxy
+        via = egress.proxy_for(up.scheme, up.host or "", port) if egress is not None else None
         self.pool = UpstreamPool(
             up.host or "",
-            up.port or (443 if up.scheme == "https" else 80),
+            port,
             ssl_context=ctx if up.scheme == "https" else None,
             connect_timeout=config.connect_timeout,
+            opener=Tunnel(via) if via is not None else None,
         )
         self.host_header = (up.raw_authority or up.raw_host or "").encode("idna")
         self.header: istr | None = None
@@ -118,6 +137,9 @@ class RouteRuntime:
         self.inject_format = config.inject.format
         self.manager: TokenManager | None = None
         self.token_client: TokenClient | None = None
+        #: the route's DPoP key pair (RFC 9449), for ``dpop: true``
+        self.dpop: DPoPKey | None = None
+        self._origin = str(up.origin()) if up.is_absolute() else ""
         if isinstance(config.auth, StaticAuth):
             self.header = istr(config.auth.header)
             self.static_line = _header_line(config.auth.header, config.auth.value)
@@ -127,8 +149,16 @@ class RouteRuntime:
                 ssl_context=ctx,
                 timeout=config.token_timeout,
                 connect_timeout=config.connect_timeout,
+                egress=egress,
             )
-            source = build_source(config, self.token_client, clock)
+            events = TokenMetrics(metrics, config.name)
+            source = build_source(config, self.token_client, clock, events.request)
+            key = f"{config.name}:{auth_fingerprint(config)}"
+            if source is not None and getattr(config.auth, "dpop", False):
+                self.dpop = DPoPKey(clock.time)
+                source.dpop = self.dpop  # type: ignore[attr-defined]
+                # Tokens are bound to this process's key: never adopt another's.
+                key += f":dpop-{self.dpop.thumbprint[:16]}"
             if source is not None:
                 self.header = istr(config.inject.header)
                 self.header_key = config.inject.header.lower().encode("latin-1")
@@ -136,11 +166,13 @@ class RouteRuntime:
                     config.name,
                     source,
                     store=store,
-                    key=f"{config.name}:{auth_fingerprint(config)}",
+                    key=key,
                     clock=clock,
                     refresh_before=config.refresh_before,
                     token_timeout=config.token_timeout,
-                    events=metrics,
+                    events=events,
+                    refused_cooldown=config.refused_cooldown,
+                    backoff_cap=config.backoff_cap,
                 )
         self.inflight = 0
         # Read at scrape time: cheaper than two locked updates per request.
@@ -183,6 +215,30 @@ class RouteRuntime:
             ) from None
         self._auth_cache = (token.access_token, line)
         return line
+
+    def auth_for(self, token: Token, method: str, target: str) -> bytes:
+        """The header lines that authenticate one request to ``target`` (the
+        upstream path and query) with ``token``.
+
+        A bearer's line is built once per token; a DPoP-bound token needs a fresh
+        proof per request (RFC 9449 7.1): ``Authorization: DPoP`` and ``DPoP``.
+        """
+        dpop = self.dpop
+        if dpop is None or token.token_type != "DPoP":
+            return self.auth_line(token)
+        proof = dpop.proof(method, self._origin + target.partition("?")[0], token.access_token)
+        try:
+            return _header_line("Authorization", "DPoP " + token.access_token) + _header_line(
+                "DPoP", proof
+            )
+        except ValueError:
+            raise TokenUnavailable(
+                "the provider's token cannot be sent in a header", route=self.name
+            ) from None
+
+    def dpop_challenge(self, target: str, headers: Any) -> bool:
+        """An upstream 401 is a DPoP nonce challenge: the nonce is kept; retry once."""
+        return self.dpop is not None and self.dpop.challenged(self._origin + target, headers)
 
     async def close(self) -> None:
         if self.manager is not None:

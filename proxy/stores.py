@@ -177,15 +177,9 @@ def open_store(config: TokenStoreConfig, *, metrics: Metrics | None = None) -> T
     if config.type == "redis":
         from proxy.stores_redis import RedisStore
 
-        if not config.url:
+        if not config.url and config.sentinel is None:
             raise StoreError("token_store.url is required for a redis store")
-        return RedisStore(
-            config.url,
-            codec=codec,
-            metrics=metrics,
-            prefix=config.key_prefix,
-            lease=config.lock_lease,
-        )
+        return RedisStore(config, codec=codec, metrics=metrics)
     raise StoreError(f"token_store.type {config.type!r} is not one of memory, file, redis")
 
 
@@ -194,11 +188,26 @@ def describe(config: TokenStoreConfig) -> str:
     if config.type == "file":
         return f"file store {config.path}"
     if config.type == "redis":
-        from yarl import URL
+        from proxy.redis_topology import where
 
-        try:
-            u = URL(config.url or "")
-            return f"redis store {u.host}:{u.port or 6379}{u.path if u.path != '/' else ''}"
-        except ValueError:
-            return "redis store"
+        return f"redis store {where(config)}"
     return "memory store"
+
+
+def store_state(store: object) -> dict[str, object]:
+    """The store's health for /readyz and /status (a store without a shared
+    backend is always up)."""
+    state = getattr(store, "state", None)
+    if callable(state):
+        view: dict[str, object] = state()
+        return view
+    kind = "file" if type(store).__name__ == "FileStore" else "memory"
+    return {"type": kind, "state": "up"}
+
+
+def store_line(store: object) -> str:
+    """The store's state in words, for the status page."""
+    st = store_state(store)
+    where = f" at {st['where']}" if st.get("where") else ""
+    reason = f" ({st['reason']})" if st.get("reason") else ""
+    return f"token store: {st['type']}{where}, {st['state']}{reason}"

@@ -16,116 +16,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
-from proxy.clock import Clock
-from proxy.errors import ProxyError, TokenBackoff, TokenUnavailable
+from proxy.clock import Clock, Timer, call_later
+from proxy.token import (
+    EXPIRY_SKEW,
+    NeedsConsent,
+    NullEvents,
+    Token,
+    TokenEvents,
+    TokenFetchError,
+    TokenSource,
+    UnusableToken,
+    expiry_skew,
+    log_token_event,
+)
+from proxy.token_timing import (
+    BACKOFF_CAP,
+    REFUSED_COOLDOWN,
+    Backoff,
+    RefusalCooldown,
+    as_proxy_error,
+    failure_wait,
+    refresh_at,
+)
 
 log = logging.getLogger("authproxy.tokens")
 
-#: a token this close to its expiry is not sent any more: it could expire in flight
-EXPIRY_SKEW = 1.0
+#: while the shared store is down, how often a kept token's refresh is reconsidered
+STORE_RETRY = 2.0
 
+#: grants that spend a refresh token: retrying one whose answer was lost may
+#: present an already rotated refresh token (see TokenManager._fail)
+REFRESH_GRANTS = frozenset({"refresh_token", "login_refresh"})
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    """An access token and what came with it. Never printed: its repr is masked."""
-
-    access_token: str
-    expires_at: float | None = None
-    refresh_token: str | None = None
-    refresh_expires_at: float | None = None
-    obtained_at: float = 0.0
-    #: how it was obtained: login, refresh, client_credentials, authorize, config, store
-    how: str = "login"
-
-    def __repr__(self) -> str:
-        exp = "never" if self.expires_at is None else f"{self.expires_at:.0f}"
-        return f"Token(***, expires_at={exp}, how={self.how})"
-
-    def usable(self, now: float) -> bool:
-        return self.expires_at is None or now < self.expires_at - EXPIRY_SKEW
-
-    def refresh_usable(self, now: float) -> bool:
-        if not self.refresh_token:
-            return False
-        return self.refresh_expires_at is None or now < self.refresh_expires_at - EXPIRY_SKEW
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Token:
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-class TokenFetchError(Exception):
-    """A source could not get a token. ``message`` is safe to show a client.
-
-    ``retryable`` is true for network errors, timeouts, 5xx and 429; 4xx answers
-    (bad credentials, ``invalid_client``) are not retried on their own.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retryable: bool = True,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
-
-
-class TokenSource(Protocol):
-    """One auth flow. ``fetch`` gets a new token, by refresh when ``previous`` allows.
-
-    ``previous`` is the last token known (possibly expired, or refused by an
-    upstream); a source that can refresh uses its refresh token or access token,
-    and logs in again when the refresh fails.
-    """
-
-    #: metrics label for the grant, e.g. ``client_credentials``, ``login``
-    grant: str
-
-    async def fetch(self, previous: Token | None) -> Token: ...
-
-
-class NeedsConsent(TokenFetchError):
-    """No refresh token exists yet: a person must run ``authproxy authorize``."""
-
-    def __init__(self, route: str) -> None:
-        super().__init__(
-            f"no refresh token for route {route}: run `authproxy authorize {route}` once",
-            retryable=False,
-        )
-
-
-# -- the caching layer ------------------------------------------------------------
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter, on the injected clock."""
-
-    base: float = 0.5
-    cap: float = 60.0
-    rand: Callable[[], float] = field(default=random.random)
-
-    def delay(self, attempt: int) -> float:
-        ceiling: float = min(self.cap, self.base * (2.0 ** max(0, attempt - 1)))
-        # Full jitter, but never less than half the step: replicas spread out and
-        # the provider still sees at most one attempt per step.
-        return ceiling * (0.5 + 0.5 * self.rand())
+#: what :meth:`TokenManager.refused` did with a refused token
+Refusal = Literal["dropped", "newer", "refused_fresh"]
 
 
 @dataclass
@@ -133,29 +61,6 @@ class _Failure:
     error: TokenFetchError
     until: float
     attempts: int
-
-
-class TokenEvents(Protocol):
-    """What the manager reports; metrics and logs implement it."""
-
-    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None: ...
-    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None: ...
-    def cache(self, route: str, hit: bool) -> None: ...
-    def lock_wait(self, route: str, seconds: float) -> None: ...
-
-
-class NullEvents:
-    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None:
-        pass
-
-    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
-        pass
-
-    def cache(self, route: str, hit: bool) -> None:
-        pass
-
-    def lock_wait(self, route: str, seconds: float) -> None:
-        pass
 
 
 class TokenManager:
@@ -184,6 +89,8 @@ class TokenManager:
         token_timeout: float = 10.0,
         events: TokenEvents | None = None,
         backoff: Backoff | None = None,
+        refused_cooldown: float = REFUSED_COOLDOWN,
+        backoff_cap: float = BACKOFF_CAP,
     ) -> None:
         self.route = route
         self.source = source
@@ -193,7 +100,10 @@ class TokenManager:
         self.refresh_before = refresh_before
         self.token_timeout = token_timeout
         self.events: TokenEvents = events or NullEvents()
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(cap=backoff_cap)
+        self.cooldown = RefusalCooldown(refused_cooldown, clock.time)
+        #: the token fetched to replace a refused one
+        self._replacement: Token | None = None
         self._token: Token | None = None
         #: the token known usable and not due a refresh before ``_fresh_until``
         self._fresh_token: Token | None = None
@@ -201,7 +111,7 @@ class TokenManager:
         #: the last token refused upstream; kept for its refresh token, never sent
         self._refused: Token | None = None
         self._task: asyncio.Task[Token] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._failure: _Failure | None = None
         self._closed = False
         self.last_refresh: float | None = None
@@ -223,12 +133,8 @@ class TokenManager:
         return self._failure is not None and isinstance(self._failure.error, NeedsConsent)
 
     def refresh_at(self, tok: Token) -> float | None:
-        """When a background refresh starts: ``refresh_before`` ahead, at most half
-        the token's lifetime ahead, so that short-lived tokens are still used."""
-        if tok.expires_at is None:
-            return None
-        lifetime = max(0.0, tok.expires_at - tok.obtained_at)
-        return tok.expires_at - min(self.refresh_before, lifetime / 2)
+        """When a background refresh starts (see :func:`proxy.token_timing.refresh_at`)."""
+        return refresh_at(tok, self.refresh_before, self.token_timeout)
 
     async def get(self) -> Token:
         """A usable token, fetching one only when none is cached."""
@@ -245,7 +151,7 @@ class TokenManager:
             elif now < at:
                 assert tok.expires_at is not None
                 self._fresh_token = tok
-                self._fresh_until = min(at, tok.expires_at - EXPIRY_SKEW)
+                self._fresh_until = min(at, tok.expires_at - tok.skew)
             elif self._task is None and not self._backing_off(now):
                 self._start()
             self.events.cache(self.route, True)
@@ -253,24 +159,37 @@ class TokenManager:
         self.events.cache(self.route, False)
         failure = self._failure
         if failure is not None and now < failure.until and self._task is None:
-            raise self._as_proxy_error(failure.error, failure.until - now)
+            raise as_proxy_error(self.route, failure.error, failure.until - now)
         task = self._task or self._start()
         try:
             return await asyncio.shield(task)
         except TokenFetchError as exc:
             failure = self._failure
             wait = failure.until - self.clock.time() if failure else None
-            raise self._as_proxy_error(exc, wait) from None
+            raise as_proxy_error(self.route, exc, wait) from None
 
     def invalidate(self, token: Token) -> bool:
+        """An upstream refused ``token``: True when it was dropped (see :meth:`refused`)."""
+        return self.refused(token) == "dropped"
+
+    def refused(self, token: Token) -> Refusal:
         """An upstream refused ``token``. Drop it if it is still current.
 
-        Returns True when it was dropped, False when a newer token had already
-        replaced it (then the caller simply retries with the newer one).
+        - ``dropped``: it was current and is gone; the next :meth:`get` fetches.
+        - ``newer``: a newer token had already replaced it; retry with that one.
+        - ``refused_fresh``: a refused token was replaced less than
+          ``refused_cooldown`` ago and the replacement, not yet seen working
+          (:meth:`replayed`), is refused too: it is kept, and the caller hands
+          the 401 to its client as is. Replacing it would only hammer the
+          provider: the upstream refuses fresh tokens.
         """
         current = self._token
         if current is None or current.access_token != token.access_token:
-            return False
+            return "newer"
+        suspect = current is self._replacement
+        if suspect and self.cooldown.refused_again(self.route):
+            return "refused_fresh"
+        self.cooldown.start(new_episode=not suspect)
         self._refused = current
         self._token = None
         self._cancel_timer()
@@ -278,7 +197,16 @@ class TokenManager:
             "token refused upstream; dropped",
             extra={"route": self.route, "event": "invalidated", "source": current.how},
         )
-        return True
+        return "dropped"
+
+    def replayed(self, token: Token, status: int) -> None:
+        """A request replayed with ``token`` after a 401 got ``status``.
+
+        A replacement that worked is no suspect: when it is refused later (another
+        replica rotated it, a revocation), it is replaced at once, cooldown or not.
+        """
+        if status != 401 and token is self._replacement:
+            self._replacement = None
 
     async def prime(self) -> Token:
         """Fetch (or load) a token now; used at start-up and by ``authproxy token``."""
@@ -325,8 +253,11 @@ class TokenManager:
             previous = self._token or self._refused
             stored: Token | None = await self._load_stored()
             if stored is not None and self._adoptable(stored, previous):
-                _log_event("obtained", self.route, "store", stored, self.clock.time())
+                log_token_event("obtained", self.route, "store", stored, self.clock.time())
                 return self._set(replace(stored, how="store") if stored.how != "store" else stored)
+            current = self._token
+            if current is not None and current.usable(self.clock.time()) and _alone(self.store):
+                return self._keep(current)
             if stored is not None and (previous is None or _newer(stored, previous)):
                 previous = stored
             log.debug(
@@ -337,15 +268,23 @@ class TokenManager:
                     "previous": previous.how if previous else None,
                 },
             )
+            replacing = self._refused is not None
             try:
                 tok = await asyncio.wait_for(
                     self.source.fetch(previous), timeout=self.token_timeout * 2.5
                 )
+            except UnusableToken as exc:
+                self._fail(exc, time.monotonic() - started)
+                arrived = exc.token
+                if arrived.expires_at is not None and self.clock.time() < arrived.expires_at:
+                    # Not cached: the requests waiting for this fetch use it once.
+                    return arrived
+                raise
             except TokenFetchError as exc:
                 self._fail(exc, time.monotonic() - started)
                 raise
             except TimeoutError:
-                timeout = TokenFetchError("token endpoint did not answer in time")
+                timeout = TokenFetchError("token endpoint did not answer in time", lost=True)
                 self._fail(timeout, time.monotonic() - started)
                 raise timeout from None
             except Exception as err:  # a bug in a flow must not hang or crash callers
@@ -362,9 +301,11 @@ class TokenManager:
                     type(err).__name__,
                     extra={"route": self.route},
                 )
+        if replacing:
+            self._replacement = tok
         self.events.fetched(self.route, self.source.grant, tok, time.monotonic() - started)
         self.last_refresh = self.clock.time()
-        _log_event(
+        log_token_event(
             "refreshed" if tok.how == "refresh" else "obtained",
             self.route,
             tok.how,
@@ -396,6 +337,16 @@ class TokenManager:
         at = self.refresh_at(stored)
         return at is None or now < at
 
+    def _keep(self, tok: Token) -> Token:
+        """The shared store is down: refreshing alone would revoke the other
+        replicas' copy of this token at strict providers (Invoice.ng). Keep it
+        until it is refused or expires; look again in STORE_RETRY seconds."""
+        now = self.clock.time()
+        until = min(now + STORE_RETRY, tok.usable_until or math.inf)
+        self._fresh_token, self._fresh_until = tok, until
+        self._arm(max(0.0, until - now))
+        return tok
+
     def _set(self, tok: Token) -> Token:
         self._token = tok
         self._refused = None
@@ -406,9 +357,9 @@ class TokenManager:
     def _fail(self, exc: TokenFetchError, seconds: float) -> None:
         attempts = (self._failure.attempts if self._failure else 0) + 1
         now = self.clock.time()
-        wait = self.backoff.delay(attempts)
-        if exc.retry_after is not None:
-            wait = max(wait, exc.retry_after)
+        wait = failure_wait(
+            self.backoff, attempts, exc, self.source.grant in REFRESH_GRANTS, self.token_timeout
+        )
         self._failure = _Failure(exc, now + wait, attempts)
         self.events.failed(self.route, self.source.grant, exc, seconds)
         log.warning(
@@ -417,12 +368,14 @@ class TokenManager:
             wait,
             extra={
                 "route": self.route,
-                "event": "failed",
+                "event": "unusable" if isinstance(exc, UnusableToken) else "failed",
                 "source": self.source.grant,
                 "status": exc.status,
             },
         )
-        if exc.retryable:
+        # An unusable token is retried on demand only: a background retry of a
+        # provider that keeps sending them would be a timer loop with no traffic.
+        if exc.retryable and not isinstance(exc, UnusableToken):
             self._arm(wait)
 
     # -- timers ------------------------------------------------------------------------
@@ -438,10 +391,8 @@ class TokenManager:
         self._cancel_timer()
         if self._closed:
             return
-        loop = asyncio.get_running_loop()
-        # Timers run on real time; with an injected clock they rarely fire in tests,
-        # where requests inside the refresh window trigger the refresh instead.
-        self._timer = loop.call_later(min(delay, 86400.0), self._on_timer)
+        # On the injected clock: a ManualClock runs it when moved past its moment.
+        self._timer = call_later(self.clock, min(delay, 86400.0), self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -464,26 +415,17 @@ class TokenManager:
         else:
             self._arm(at - now)
 
-    # -- errors -------------------------------------------------------------------------
 
-    def _as_proxy_error(self, exc: TokenFetchError, wait: float | None) -> ProxyError:
-        if exc.retryable and wait is not None and wait > 0:
-            return TokenBackoff(
-                f"{exc.message}; retrying in {wait:.0f}s", route=self.route, retry_after=wait
-            )
-        return TokenUnavailable(exc.message, route=self.route)
-
-
-def _log_event(event: str, route: str, source: str, tok: Token, now: float) -> None:
-    """A token event line: what happened and where from, never the token."""
-    if log.isEnabledFor(logging.INFO):
-        expires_in = None if tok.expires_at is None else round(tok.expires_at - now, 1)
-        log.info(
-            "token %s",
-            event,
-            extra={"route": route, "event": event, "source": source, "expires_in": expires_in},
-        )
+def _alone(store: Any) -> bool:
+    """True while a shared store cannot coordinate the replicas (Redis down)."""
+    return getattr(store, "coordinated", True) is False
 
 
 def _newer(a: Token, b: Token) -> bool:
     return a.obtained_at > b.obtained_at
+
+
+__all__ = [
+    "EXPIRY_SKEW", "Backoff", "NeedsConsent", "Token", "TokenEvents", "TokenFetchError",
+    "TokenManager", "TokenSource", "UnusableToken", "expiry_skew",
+]  # fmt: skip

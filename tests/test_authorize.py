@@ -264,3 +264,50 @@ async def test_route_without_refresh_token_is_not_ready_until_authorized(
         await asyncio.sleep(0.1)
     assert r.status == 200
     assert invoiced.fake.token_requests == 1  # the code exchange only
+
+
+# -- issue 13: authorize_params, resource, RFC 9207 iss ---------------------------------------
+
+
+EXTRAS = """      authorize_params: {prompt: consent, access_type: offline}
+      resource: https://api.example/
+      issuer: ISSUER
+"""
+
+
+async def test_authorize_params_and_resource_are_in_the_authorization_request(
+    invoiced: Setup, tmp_path: Path
+) -> None:
+    cfg = invoiced.config(extra=EXTRAS.replace("ISSUER", invoiced.url + "/"))
+    cmd = await Authorize.start(cfg, invoiced.env)
+    url = await cmd.url()
+    q = query_of(url)
+    assert q["prompt"] == "consent" and q["access_type"] == "offline"
+    assert q["resource"] == "https://api.example/"
+    # the provider's redirect, with the RFC 9207 iss it would add
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url, allow_redirects=False) as r:
+            callback = str(URL(r.headers["Location"]).update_query(iss=invoiced.url + "/"))
+        async with s.get(callback) as r:
+            assert r.status == 200
+    code, _, err = await cmd.finish()
+    assert (code, err) == (0, "")
+    form = parse_qs(invoiced.fake.token_log[-1].body.decode())
+    assert form["resource"] == ["https://api.example/"]  # on the code exchange too
+
+
+async def test_callback_iss_of_another_issuer_stores_nothing(
+    invoiced: Setup, tmp_path: Path
+) -> None:
+    cfg = invoiced.config(extra=EXTRAS.replace("ISSUER", invoiced.url + "/"))
+    cmd = await Authorize.start(cfg, invoiced.env)
+    url = await cmd.url()
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url, allow_redirects=False) as r:
+            callback = str(URL(r.headers["Location"]).update_query(iss="https://evil.example/"))
+        async with s.get(callback) as r:
+            assert r.status == 400 and "Authorization failed" in await r.text()
+    code, _, err = await cmd.finish()
+    assert code == 1 and "RFC 9207" in err
+    assert invoiced.fake.code_exchanges == 0
+    assert file_entries(tmp_path / "tokens.json") == {}

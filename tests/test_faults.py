@@ -174,7 +174,7 @@ async def test_upstream_failing_mid_body_gives_a_visibly_truncated_answer(
             writer.close()  # a clean FIN, but the body is short
 
     up = await raw_upstream(behaviour)
-    proxy = await start_proxy(route(up.url, "    timeout: 500ms\n"))
+    proxy = await start_proxy(route(up.url, "    timeout: 500ms\n    read_timeout: 500ms\n"))
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="authproxy"):
         async with http.post(f"{proxy.url}/api/x", data=b"once") as resp:

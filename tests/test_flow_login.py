@@ -99,7 +99,9 @@ async def test_expires_at_formats(
     value: Any, expected: float, endpoint: Endpoint, token_client: Any
 ) -> None:
     endpoint.answer("/login", 200, {"data": {"token": "tok-1", "exp": value}})
-    tok = await flow(BASIC, endpoint.url, token_client, ManualClock(T0), KEY="k").fetch(None)
+    # An hour before the earliest instant: a token expired on arrival is an error now.
+    now = min(expected, T0) - 3600
+    tok = await flow(BASIC, endpoint.url, token_client, ManualClock(now), KEY="k").fetch(None)
     assert tok.access_token == "tok-1" and tok.how == "login"
     assert tok.expires_at == pytest.approx(expected, abs=0.001)
 

@@ -193,14 +193,14 @@ async def test_expect_100_continue_only_when_the_body_is_read(echo, start_proxy)
     conn.close()
 
 
-async def test_oversized_header_is_contract_json_400_and_closes(echo, start_proxy):
+async def test_oversized_header_is_contract_json_431_and_closes(echo, start_proxy):
     proxy = await start_proxy(route(echo.url, top="limits: {max_header_size: 1KiB}\n"))
     host, port = host_port(proxy.url)
     raw = await exchange(
         host, port, f"GET /api/x HTTP/1.1\r\nHost: h\r\nX-Big: {'b' * 4000}\r\n\r\n".encode()
     )
     answer = parse(raw)
-    assert (answer.status, answer.error_code) == (400, "bad_request")
+    assert (answer.status, answer.error_code) == (431, "bad_request")
     assert answer.headers["connection"] == "close"
     assert answer.headers["x-request-id"]
     assert "too long" in answer.json()["error"]["message"]
@@ -276,7 +276,7 @@ async def test_a_head_of_many_fields_is_bounded_as_a_whole(echo, start_proxy):
 
     assert parse(await exchange(host, port, request(20))).status == 200
     answer = parse(await exchange(host, port, request(60)))  # 54 kB > 32 x 1 KiB
-    assert (answer.status, answer.error_code) == (400, "bad_request")
+    assert (answer.status, answer.error_code) == (431, "bad_request")
     assert len(echo.seen) == 1
 
 

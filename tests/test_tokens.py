@@ -62,7 +62,11 @@ async def test_500_concurrent_cold_requests_cause_one_token_request(
 ) -> None:
     fake, url = getpaid
     fake.faults.append(Fault(status=None, delay=0.3))  # a slow token endpoint: all pile up
-    proxy = await start_proxy(yaml_for(url), clock=clock)
+    # 500 connections accepted at once (limits.backlog 1024) share one loop with the fake
+    # provider's answer: give the token request room (this test counts, it does not time).
+    proxy = await start_proxy(
+        yaml_for(url).replace("token_timeout: 500ms", "token_timeout: 5s"), clock=clock
+    )
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         results = await asyncio.gather(
             *(call(http, "GET", f"{proxy.url}/gp/items/{i}") for i in range(500))
@@ -439,8 +443,11 @@ routes:
 
 
 async def test_steady_load_real_clock_short_ttl(start_proxy: Any) -> None:
-    """Real time, 2 s tokens: timers and request-triggered refreshes keep it fresh."""
-    fake = GetPaid(clock=SystemClock(), token_ttl=2)
+    """Real time, 3 s tokens: timers and request-triggered refreshes keep it fresh.
+
+    (3 s, not 2: the JWT's whole-second exp wins over expires_in when earlier, and a
+    token living under 1 s more is unusable on arrival.)"""
+    fake = GetPaid(clock=SystemClock(), token_ttl=3)
     async with serve(fake) as url:
         proxy = await start_proxy(yaml_for(url))
         statuses: list[int] = []

@@ -9,7 +9,9 @@ import aiohttp
 import pytest
 
 from proxy import config as c
-from proxy.upstream import UpstreamError, UpstreamPool
+from proxy.http1 import Http1Error as UpstreamError
+from proxy.http1 import Pool as UpstreamPool
+from proxy.http1.errors import ConnectError
 from tests.conftest import ProxyFactory
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -47,7 +49,7 @@ async def test_close_delimited_body_ends_at_eof() -> None:
 
     server, port, _ = await raw_server(handler)
     pool = UpstreamPool("127.0.0.1", port, ssl_context=None, connect_timeout=1)
-    resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, chunked=False)
+    resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None)
     assert await resp.read_all(1000) == b"all of it"
     resp.release()
     pool.close()
@@ -62,7 +64,7 @@ async def test_short_body_is_an_error_not_a_complete_answer() -> None:
 
     server, port, _ = await raw_server(handler)
     pool = UpstreamPool("127.0.0.1", port, ssl_context=None, connect_timeout=1)
-    resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, chunked=False)
+    resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None)
     with pytest.raises(UpstreamError):
         await resp.read_all(1000)
     resp.close()
@@ -81,15 +83,15 @@ async def test_keep_alive_reuse_and_head_answers() -> None:
     server, port, heads = await raw_server(handler)
     pool = UpstreamPool("127.0.0.1", port, ssl_context=None, connect_timeout=1)
     for _ in range(3):
-        resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, chunked=False)
+        resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None)
         assert await resp.read_all(100) == b"hello"
         resp.release()
     assert len(pool._all) == 1  # one connection served all three
-    resp = await pool.request("HEAD", b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", None, chunked=False)
+    resp = await pool.request("HEAD", b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", None)
     assert resp.status == 200
     assert await resp.read_all(100) == b""
     resp.release()
-    resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, chunked=False)
+    resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None)
     assert await resp.read_all(100) == b"hello"
     resp.release()
     assert len(heads) == 5
@@ -118,17 +120,17 @@ async def test_a_stale_pooled_connection_retries_only_idempotent_requests(
 
     server, port, heads = await raw_server(handler)
     pool = UpstreamPool("127.0.0.1", port, ssl_context=None, connect_timeout=1)
-    resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, chunked=False)
+    resp = await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None)
     await resp.read_all(10)
     resp.release()
     head = f"{method} / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
     if sent_times == 2:
-        resp = await pool.request(method, head, b"", chunked=False)
+        resp = await pool.request(method, head, b"")
         assert await resp.read_all(10) == b"ok"
         resp.release()
     else:
         with pytest.raises(UpstreamError):
-            await pool.request(method, head, b"", chunked=False)
+            await pool.request(method, head, b"")
     assert sum(1 for h in heads[1:] if h.startswith(method.encode())) == sent_times
     pool.close()
     server.close()
@@ -140,8 +142,8 @@ async def test_refused_connection_is_a_connect_error() -> None:
     await server.wait_closed()
     pool = UpstreamPool("127.0.0.1", port, ssl_context=None, connect_timeout=1)
     with pytest.raises(UpstreamError) as info:
-        await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, chunked=False)
-    assert info.value.connect
+        await pool.request("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None)
+    assert isinstance(info.value, ConnectError)
 
 
 def test_static_values_that_could_split_a_header_are_config_errors() -> None:

@@ -1,7 +1,7 @@
 """The HTTP client of the token endpoints, on the proxy's own lean client.
 
 A token request is rare (once per token lifetime) and small: one POST, one JSON
-answer of a few KiB. It goes through :class:`proxy.upstream.UpstreamPool`, the
+answer of a few KiB. It goes through :class:`proxy.http1.Pool`, the
 httptools client the hot path uses, rather than aiohttp's ClientSession: a
 process that serves the proxy port then never imports aiohttp, which was a
 third of its memory (14 MiB of 44 MiB RSS idle; see docs/design-decisions.md).
@@ -13,8 +13,9 @@ be sent again safely, and would fail one token fetch for nothing.
 
 What the client does not do, on purpose: follow redirects (a token request is
 never redirected: a 3xx is the provider's error), read proxy settings from the
-environment, keep cookies, or ask for compressed answers. An answer compressed
-anyway (gzip, deflate) is inflated, bounded like any other.
+environment (only the route's ``egress_proxy`` setting, :mod:`proxy.egress`,
+sends it through a proxy), keep cookies, or ask for compressed answers. An
+answer compressed anyway (gzip, deflate) is inflated, bounded like any other.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from dataclasses import dataclass
 from yarl import URL
 
 from proxy import __version__
-from proxy.upstream import UpstreamError, UpstreamPool
+from proxy.egress import EgressConfig
+from proxy.http1 import Http1Error, Pool
+from proxy.http_errors import token_client_kind
+from proxy.tunnel import Tunnel
 
 USER_AGENT = f"authproxy/{__version__}"
 
@@ -61,15 +65,22 @@ class TokenClient:
     ``ssl_context`` is the route's TLS settings (its CA file, client certificate,
     ``verify: false``), or None for the system's trust store. ``timeout`` bounds a
     whole exchange, connecting included; ``connect_timeout`` the connecting alone.
+    ``egress`` is the route's ``egress_proxy`` setting (None: direct).
     """
 
     def __init__(
-        self, *, ssl_context: ssl.SSLContext | None, timeout: float, connect_timeout: float
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float,
+        connect_timeout: float,
+        egress: EgressConfig | None = None,
     ) -> None:
         self._ssl = ssl_context
+        self._egress = egress
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
-        self._pools: set[UpstreamPool] = set()
+        self._pools: set[Pool] = set()
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -95,17 +106,20 @@ class TokenClient:
         if u.scheme not in ("http", "https") or not u.raw_host:
             raise ClientError("invalid", "not an http(s) URL")
         tls = u.scheme == "https"
-        pool = UpstreamPool(
+        port = u.port or (443 if tls else 80)
+        via = self._egress.proxy_for(u.scheme, u.raw_host, port) if self._egress else None
+        pool = Pool(
             u.raw_host,
-            u.port or (443 if tls else 80),
+            port,
             ssl_context=self._tls() if tls else None,
             connect_timeout=self.connect_timeout,
+            opener=Tunnel(via) if via is not None else None,
         )
         head = _head(method, u, headers, body)
         self._pools.add(pool)
         try:
             async with asyncio.timeout(self.timeout):
-                resp = await pool.request(method, head, body, chunked=False)
+                resp = await pool.request(method, head, body)
                 try:
                     fields: dict[str, str] = {}
                     for name, value in resp.headers:
@@ -115,22 +129,17 @@ class TokenClient:
                         raise ClientError("too_large", status=resp.status)
                     try:
                         raw = await resp.read_all(limit)
-                    except UpstreamError as exc:
-                        if exc.too_large:
+                    except Http1Error as exc:
+                        if token_client_kind(exc)[0] == "too_large":
                             raise ClientError("too_large", status=resp.status) from None
                         raise
                 finally:
                     resp.close()
         except TimeoutError:
             raise ClientError("timeout") from None
-        except UpstreamError as exc:
-            if exc.timeout:
-                raise ClientError("timeout") from None
-            if exc.connect:
-                raise ClientError("tls" if exc.tls else "connect", exc.detail) from None
-            if exc.detail == "malformed":
-                raise ClientError("invalid", "malformed answer") from None
-            raise ClientError("cut") from None
+        except Http1Error as exc:
+            kind, detail = token_client_kind(exc)
+            raise ClientError(kind, detail) from None
         finally:
             pool.close()
             self._pools.discard(pool)

@@ -11,35 +11,27 @@ The OAuth2 answer helpers here are shared with the refresh-token flow.
 
 from __future__ import annotations
 
-import base64
 import logging
 from typing import Any
-from urllib.parse import quote
 
 from proxy.config import ClientCredentialsAuth
 from proxy.flows.base import Flow
-from proxy.flows.expiry import jwt_exp, parse_lifetime
+from proxy.flows.client_auth import ClientAuth, basic_auth
+from proxy.flows.expiry import earliest, jwt_exp, parse_lifetime
 from proxy.flows.http import request_json
 from proxy.tokens import Token, TokenFetchError
 
 log = logging.getLogger("authproxy.flows")
 
 
-def basic_auth(client_id: str, client_secret: str) -> str:
-    """The ``Authorization: Basic`` value of RFC 6749 section 2.3.1."""
-    pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
-    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-
-
-def client_fields(
-    client_id: str, client_secret: str, client_auth: str, fields: dict[str, Any]
-) -> dict[str, str]:
-    """Add client authentication to ``fields``; the headers it needs."""
-    if client_auth == "basic":
-        return {"Authorization": basic_auth(client_id, client_secret)}
-    fields["client_id"] = client_id
-    fields["client_secret"] = client_secret
-    return {}
+def client_fields(auth: Any, token_url: str, fields: dict[str, Any], now: float) -> dict[str, str]:
+    """Add ``auth``'s client authentication and RFC 8707 ``resource`` to ``fields``;
+    the headers it needs. ``fields`` values may be lists (sent as repeated fields)."""
+    headers = ClientAuth.of(auth).apply(fields, token_url, now)
+    resource = getattr(auth, "resource", ())
+    if resource:
+        fields["resource"] = list(resource)
+    return headers
 
 
 def oauth2_token(
@@ -58,23 +50,22 @@ def oauth2_token(
     access = data.get("access_token")
     if not isinstance(access, str) or not access:
         raise TokenFetchError(f"{what} answer has no access_token", retryable=False)
-    expires_at: float | None = None
     lifetime = parse_lifetime(data.get("expires_in"))
-    if lifetime is not None:
-        expires_at = now + lifetime
-    else:
-        expires_at = jwt_exp(access)
-        if expires_at is None:
-            expires_at = now + default_ttl
+    expires_at = earliest(None if lifetime is None else now + lifetime, jwt_exp(access))
+    if expires_at is None:
+        expires_at = now + default_ttl
     new_refresh = data.get("refresh_token")
     if isinstance(new_refresh, str) and new_refresh:
         refresh_token = new_refresh
+    kind = data.get("token_type")
     return Token(
         access_token=access,
         expires_at=expires_at,
         refresh_token=refresh_token,
         obtained_at=now,
         how=how,
+        # RFC 9449 5: a DPoP-bound token says so; anything else is sent as a bearer
+        token_type="DPoP" if isinstance(kind, str) and kind.lower() == "dpop" else "Bearer",
     )
 
 
@@ -86,24 +77,56 @@ class ClientCredentialsFlow(Flow[ClientCredentialsAuth]):
     async def fetch(self, previous: Token | None) -> Token:
         auth = self.auth
         fields: dict[str, Any] = {"grant_type": "client_credentials"}
-        headers = client_fields(auth.client_id, auth.client_secret, auth.client_auth, fields)
+        headers = client_fields(auth, auth.token_url, fields, self.clock.time())
         if auth.scope:
             fields["scope"] = auth.scope
         if auth.audience:
             fields["audience"] = auth.audience
         fields.update(auth.extra)
-        if auth.body == "json":
-            data = await request_json(
-                self.client, "POST", auth.token_url, headers=headers, json_body=fields
+        async with self.counted(self.grant) as req:
+            if auth.body == "json":
+                data = await request_json(
+                    self.client,
+                    "POST",
+                    auth.token_url,
+                    headers=headers,
+                    json_body=fields,
+                    dpop=self.dpop,
+                    on_resend=req.resent,
+                )
+            else:
+                form = form_fields(fields)
+                data = await request_json(
+                    self.client,
+                    "POST",
+                    auth.token_url,
+                    headers=headers,
+                    form=form,
+                    dpop=self.dpop,
+                    on_resend=req.resent,
+                )
+            return req.token(
+                oauth2_token(
+                    data,
+                    now=self.clock.time(),
+                    default_ttl=auth.default_ttl,
+                    how="client_credentials",
+                )
             )
+
+
+def form_fields(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """Form pairs; a ``resource`` list becomes repeated fields (RFC 8707 2)."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in fields.items():
+        if key == "resource" and isinstance(value, list):
+            pairs.extend((key, str(v)) for v in value)
         else:
-            form = {k: _form_value(v) for k, v in fields.items()}
-            data = await request_json(
-                self.client, "POST", auth.token_url, headers=headers, form=form
-            )
-        return oauth2_token(
-            data, now=self.clock.time(), default_ttl=auth.default_ttl, how="client_credentials"
-        )
+            pairs.append((key, _form_value(value)))
+    return pairs
+
+
+__all__ = ["basic_auth", "client_fields", "form_fields", "oauth2_token"]
 
 
 def _form_value(value: Any) -> str:

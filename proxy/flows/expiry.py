@@ -86,3 +86,10 @@ def jwt_exp(token: str) -> float | None:
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return _number(exp)
+
+
+def earliest(*instants: float | None) -> float | None:
+    """The earliest of the expiries a provider gave (``expires_in`` and a JWT
+    ``exp`` may disagree: the token dies at the first), None when none was."""
+    known = [t for t in instants if t is not None]
+    return min(known) if known else None

@@ -20,10 +20,11 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from proxy.dpop import DPoPKey
 from proxy.flows.client import ClientError, TokenClient
 from proxy.tokens import TokenFetchError
 
@@ -40,9 +41,11 @@ async def request_json(
     url: str,
     *,
     headers: Mapping[str, str] | None = None,
-    form: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     json_body: Any = None,
     what: str = "token endpoint",
+    dpop: DPoPKey | None = None,
+    on_resend: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Send one token request; the answer's JSON object, or :class:`TokenFetchError`.
 
@@ -57,14 +60,28 @@ async def request_json(
     elif json_body is not None:
         body = json.dumps(json_body).encode("utf-8")
         hdrs.setdefault("Content-Type", "application/json")
-    try:
-        answer = await client.request(method, url, headers=hdrs, body=body, limit=MAX_ANSWER)
-    except ClientError as exc:
-        raise _client_error(exc, what) from None
-    except ValueError:
-        raise TokenFetchError(
-            f"a header of the request to the {what} contains a line break", retryable=False
-        ) from None
+    for attempt in range(2):
+        if dpop is not None:
+            hdrs["DPoP"] = dpop.proof(method, url)
+        try:
+            answer = await client.request(method, url, headers=hdrs, body=body, limit=MAX_ANSWER)
+        except ClientError as exc:
+            raise _client_error(exc, what) from None
+        except ValueError:
+            raise TokenFetchError(
+                f"a header of the request to the {what} contains a line break", retryable=False
+            ) from None
+        if dpop is None:
+            break
+        # RFC 9449 8: a nonce may come with any answer; a 400 use_dpop_nonce asks
+        # for this request again with it (once).
+        fresh = dpop.remember(url, answer.headers.get("dpop-nonce"))
+        if attempt or not fresh or answer.status != 400:
+            break
+        if error_code(answer.body) != "use_dpop_nonce":
+            break
+        if on_resend is not None:
+            on_resend()
     status = answer.status
     raw = answer.body
     if not 200 <= status < 300:
@@ -96,11 +113,11 @@ async def request_json(
 def _client_error(exc: ClientError, what: str) -> TokenFetchError:
     """A transport failure, worded for the endpoint."""
     if exc.kind == "timeout":
-        return TokenFetchError(f"{what} did not answer in time")
+        return TokenFetchError(f"{what} did not answer in time", lost=True)
     if exc.kind == "too_large":
         return _too_large(exc.status, what)
     if exc.kind == "cut":
-        return TokenFetchError(f"{what} answer was cut short")
+        return TokenFetchError(f"{what} answer was cut short", lost=True)
     if exc.kind == "tls":
         return TokenFetchError(f"TLS with the {what} failed ({exc.detail})")
     if exc.kind == "connect":
@@ -140,6 +157,7 @@ def _status_error(status: int, raw: bytes, retry_after: float | None, what: str)
         status=status,
         retryable=retryable,
         retry_after=retry_after if retryable else None,
+        error_code=code,
     )
 
 

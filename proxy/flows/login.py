@@ -24,9 +24,9 @@ from typing import Any
 
 from proxy.clock import Clock
 from proxy.config import LoginAuth, RequestSpec, ResponseSpec
-from proxy.flows.base import Flow
+from proxy.flows.base import Flow, RequestCounter
 from proxy.flows.client import TokenClient
-from proxy.flows.expiry import dig, jwt_exp, parse_instant, parse_lifetime
+from proxy.flows.expiry import dig, earliest, jwt_exp, parse_instant, parse_lifetime
 from proxy.flows.http import request_json
 from proxy.tokens import Token, TokenFetchError
 
@@ -77,8 +77,9 @@ class LoginFlow(Flow[LoginAuth]):
         auth: LoginAuth,
         client: TokenClient,
         clock: Clock,
+        count: RequestCounter | None = None,
     ) -> None:
-        super().__init__(route_name, auth, client, clock)
+        super().__init__(route_name, auth, client, clock, count)
         refresh = auth.refresh
         self._refresh_needs_access = refresh is not None and _uses(refresh, ACCESS)
         self._refresh_needs_refresh = refresh is not None and _uses(refresh, REFRESH)
@@ -138,16 +139,17 @@ class LoginFlow(Flow[LoginAuth]):
         headers = {str(k): str(fill(v, values)) for k, v in spec.headers.items()}
         form = fill(dict(spec.form), values) if spec.form is not None else None
         body = fill(spec.json, values) if spec.json is not None else None
-        data = await request_json(
-            self.client,
-            spec.method,
-            fill(spec.url, values),
-            headers=headers,
-            form=form,
-            json_body=body,
-            what=what,
-        )
-        return self._token(data, mapping, previous, how=how, what=what)
+        async with self.counted("login_refresh" if how == "refresh" else "login") as req:
+            data = await request_json(
+                self.client,
+                spec.method,
+                fill(spec.url, values),
+                headers=headers,
+                form=form,
+                json_body=body,
+                what=what,
+            )
+            return req.token(self._token(data, mapping, previous, how=how, what=what), what)
 
     def _token(
         self,
@@ -167,9 +169,9 @@ class LoginFlow(Flow[LoginAuth]):
                 f"{what} answer has no access token at {mapping.access_token!r}",
                 retryable=False,
             )
-        expires_at = self._expiry(data, mapping.expires_at, mapping.expires_in, now)
-        if expires_at is None:
-            expires_at = jwt_exp(access)
+        expires_at = earliest(
+            self._expiry(data, mapping.expires_at, mapping.expires_in, now), jwt_exp(access)
+        )
         if expires_at is None:
             expires_at = now + self.auth.default_ttl
 

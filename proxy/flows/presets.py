@@ -63,7 +63,7 @@ def _invoiced(p: dict[str, Any]) -> tuple[dict[str, Any], str]:
         "client_secret": p["client_secret"],
         "scope": p.get("scope") or "read_write",
     }
-    for key in ("refresh_token", "redirect_uri", "pkce"):
+    for key in ("refresh_token", "redirect_uri", "pkce", "authorize_params", "resource", "issuer"):
         if p.get(key) is not None:
             auth[key] = p[key]
     return auth, base
@@ -149,6 +149,9 @@ PRESETS: dict[str, Preset] = {
             "pkce",
             "sandbox",
             "authorize_url",
+            "authorize_params",
+            "resource",
+            "issuer",
             *_COMMON,
         ),
         _invoiced,

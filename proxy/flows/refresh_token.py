@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy.config import RefreshTokenAuth
 from proxy.flows.base import Flow
-from proxy.flows.client_credentials import client_fields, oauth2_token
+from proxy.flows.client_credentials import client_fields, form_fields, oauth2_token
 from proxy.flows.http import request_json
 from proxy.tokens import NeedsConsent, Token, TokenFetchError
 
@@ -28,15 +28,31 @@ class RefreshTokenFlow(Flow[RefreshTokenAuth]):
         if not refresh:
             raise NeedsConsent(self.route)
         fields: dict[str, Any] = {"grant_type": "refresh_token", "refresh_token": refresh}
-        headers = client_fields(auth.client_id, auth.client_secret, auth.client_auth, fields)
+        headers = client_fields(auth, auth.token_url, fields, self.clock.time())
         fields.update(auth.extra)
-        form = {k: str(v) for k, v in fields.items()}
+        form = form_fields(fields)
         try:
-            data = await request_json(
-                self.client, "POST", auth.token_url, headers=headers, form=form
-            )
+            async with self.counted(self.grant) as req:
+                data = await request_json(
+                    self.client,
+                    "POST",
+                    auth.token_url,
+                    headers=headers,
+                    form=form,
+                    dpop=self.dpop,
+                    on_resend=req.resent,
+                )
+                return req.token(
+                    oauth2_token(
+                        data,
+                        now=self.clock.time(),
+                        default_ttl=auth.default_ttl,
+                        how="refresh",
+                        refresh_token=refresh,
+                    )
+                )
         except TokenFetchError as exc:
-            if exc.status == 400 and "invalid_grant" in exc.message:
+            if exc.error_code == "invalid_grant":
                 # The refresh token is dead (revoked, expired, or already rotated):
                 # only a new consent helps, so say so.
                 raise TokenFetchError(
@@ -44,12 +60,6 @@ class RefreshTokenFlow(Flow[RefreshTokenAuth]):
                     f"run `authproxy authorize {self.route}`",
                     status=exc.status,
                     retryable=False,
+                    error_code=exc.error_code,
                 ) from None
             raise
-        return oauth2_token(
-            data,
-            now=self.clock.time(),
-            default_ttl=auth.default_ttl,
-            how="refresh",
-            refresh_token=refresh,
-        )

@@ -52,8 +52,12 @@ class InvoiceNg(FakeProvider):
         refresh_window: int = 14 * 24 * 3600,
         account_id: int = 63,
         jwt_secret: str | None = None,
+        single_session: bool = False,
     ) -> None:
         super().__init__(clock, jwt_secret=jwt_secret)
+        #: strict: every login or refresh invalidates every older token (one
+        #: session per API key), so replicas that fetch on their own revoke each other
+        self.single_session = single_session
         self.api_key = api_key
         self.token_ttl = token_ttl
         self.refresh_window = refresh_window
@@ -69,6 +73,9 @@ class InvoiceNg(FakeProvider):
         return _error(401, reason)
 
     def _answer(self, key: str, grant: str, family: str | None) -> web.Response:
+        if self.single_session:
+            for older in list(self.access_tokens.values()):
+                self.revoke_access(older, "superseded by a newer login or refresh")
         expiry = int(self.now()) + self.token_ttl
         access = self.issue_access_token(
             expires_at=expiry,
