@@ -41,3 +41,4 @@ class TokenMetrics:
 
     def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
         self.metrics.token_duration.labels(route).observe(seconds)
+        self.metrics.recent.error(route, error.message)  # /status: the last error and when

@@ -246,7 +246,8 @@ async def test_route_without_refresh_token_is_not_ready_until_authorized(
     assert "run `authproxy authorize invd`" in body["error"]["message"]
     async with http.get(proxy.admin_url + "/readyz") as r:
         ready = json.loads(await r.read())
-        assert r.status == 503
+        # one finished first attempt: the pod is ready, the route shows it is not
+        assert r.status == 200
     assert ready["routes"]["invd"]["ready"] is False
     assert "authproxy authorize invd" in ready["routes"]["invd"]["last_error"]
     assert ready["routes"]["invd"]["needs_consent"] is True
