@@ -91,6 +91,10 @@ class RefusalCooldown:
         self._rand = rand
         #: this episode of refused fresh tokens was logged (once, not per request)
         self._logged = False
+        #: the same, for 401s held while the store is down (:meth:`held_alone`)
+        self._alone_logged = False
+        #: a 401 was held in the current fetch window
+        self._held = False
         # Per-entry lifetimes (the jitter) are what TLRUCache adds to TTLCache.
         self._recent: TLRUCache[str, float] = TLRUCache(
             maxsize=4, ttu=lambda _key, length, now: now + length, timer=timer
@@ -111,6 +115,38 @@ class RefusalCooldown:
                 "the upstream refuses fresh tokens (401 again within refused_cooldown "
                 "%gs); not fetching another until it ends: check audience, scope and "
                 "the upstream's token validation",
+                self.cooldown,
+                extra={"route": route, "event": "refused_fresh"},
+            )
+        return True
+
+    def fetched(self) -> None:
+        """A token was just fetched from the provider: open its hold window.
+
+        Consulted only while the store cannot coordinate (:meth:`held_alone`).
+        """
+        if self._held:
+            self._held = False
+        else:
+            # the last token went through its window unrefused: a new episode
+            self._alone_logged = False
+        if self.cooldown > 0:
+            self._recent["fetched"] = self.cooldown * (1.0 + COOLDOWN_JITTER * self._rand())
+
+    def held_alone(self, route: str, *, alone: bool) -> bool:
+        """The store is down and the current token was fetched less than a
+        (jittered) cooldown ago: True, it is kept through a 401, seen working or
+        not. Against a single-session provider every replica's login revokes the
+        others' tokens; replacing on each 401 is the storm of issue 16. So each
+        replica fetches at most once per window, and the 401 goes to the client."""
+        if not alone or "fetched" not in self._recent:
+            return False
+        self._held = True
+        if not self._alone_logged:
+            self._alone_logged = True
+            log.warning(
+                "token refused upstream while the token store is down; keeping it for "
+                "refused_cooldown %gs (another replica's login may have revoked it)",
                 self.cooldown,
                 extra={"route": route, "event": "refused_fresh"},
             )

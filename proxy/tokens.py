@@ -177,15 +177,16 @@ class TokenManager:
 
         - ``dropped``: it was current and is gone; the next :meth:`get` fetches.
         - ``newer``: a newer token had already replaced it; retry with that one.
-        - ``refused_fresh``: a refused token was replaced less than
-          ``refused_cooldown`` ago and the replacement, not yet seen working
-          (:meth:`replayed`), is refused too: it is kept, and the caller hands
-          the 401 to its client as is. Replacing it would only hammer the
-          provider: the upstream refuses fresh tokens.
+        - ``refused_fresh``: kept, the 401 goes to the client as is (see
+          :class:`~proxy.token_timing.RefusalCooldown`): a replacement not yet
+          seen working (:meth:`replayed`), or with the store down any token,
+          fetched less than ``refused_cooldown`` ago. Replacing it hammers the provider.
         """
         current = self._token
         if current is None or current.access_token != token.access_token:
             return "newer"
+        if self.cooldown.held_alone(self.route, alone=_alone(self.store)):
+            return "refused_fresh"
         suspect = current is self._replacement
         if suspect and self.cooldown.refused_again(self.route):
             return "refused_fresh"
@@ -303,6 +304,7 @@ class TokenManager:
                 )
         if replacing:
             self._replacement = tok
+        self.cooldown.fetched()
         self.events.fetched(self.route, self.source.grant, tok, time.monotonic() - started)
         self.last_refresh = self.clock.time()
         log_token_event(

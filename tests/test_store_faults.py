@@ -129,3 +129,40 @@ async def test_redis_outage_during_the_refresh_window_starts_no_login_storm(
         # one line when it went, one when it came back: not one per failed call
         assert logs.count("token store redis at") == 2, logs[-2000:]
         assert logs.count("reachable again") == 1
+
+
+async def test_redis_down_bounds_logins_to_one_per_cooldown_per_replica(
+    node: Node, tmp_path: Path
+) -> None:
+    # Regression (issue 16, point 2): with Redis down from the start, each login
+    # at the single-session fake revoked the other replicas' tokens, and each of
+    # them logged in again on the 401: 10.8 logins/s. A token fetched less than
+    # refused_cooldown ago is now kept through a 401, which goes to the client.
+    fake = InvoiceNg(token_ttl=60, single_session=True)
+    run_for, cooldown, replicas = 8.0, 2.0, 3
+    node.stop()  # down from the start: the worst case
+    async with serve(fake) as url:
+        body = config(f"redis://127.0.0.1:{node.port}/0", url).replace(
+            "    refresh_before:", f"    refused_cooldown: {cooldown:g}s\n    refresh_before:"
+        )
+        procs = [
+            ProxyProcess(tmp_path, f"d{n}", body, env={"KEY": fake.api_key})
+            for n in range(replicas)
+        ]
+        try:
+            await start_all(procs)
+            before = fake.logins
+            load = Paced()
+            await load.run([p.url + "/inv/x" for p in procs], run_for)
+            gauge = [await p.metrics() for p in procs]
+        finally:
+            stop_all(procs)
+    fig = figures(load, fake, run_for, cooldown)
+    # at most one login per (jittered, so at least) cooldown window per replica
+    assert fake.logins - before <= replicas * (run_for / cooldown + 1), fig
+    assert fig["failed"] == fig["client_401"], fig  # nothing but passed-through 401s
+    assert any('outcome="refused_fresh"' in g for g in gauge), gauge[0][-1500:]
+    for p in procs:
+        # once per episode, not once per refused request; and no token in the logs
+        assert p.logs().count("while the token store is down; keeping it") <= 2, p.logs()[-2000:]
+        assert all(t not in p.logs() for t in fake.access_tokens), "token in logs"
