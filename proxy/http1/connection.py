@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 #: heads, wait for their turn
 _MAX_QUEUED = 8
 _MAX_QUEUED_BYTES = 64 * 1024
+#: the most one read hands over: uvloop reads up to 256 KiB at a time (asyncio
+#: 64 KiB), and the parser takes the whole read before the pause applies, so what
+#: waits is bounded by _MAX_QUEUED_BYTES plus one read
+MAX_READ_BYTES = 256 * 1024
 #: how many header fields a request may have (Apache's LimitRequestFields)
 MAX_FIELDS = 100
 _CONTENT_LENGTH = b"content-length"
