@@ -1,9 +1,9 @@
 """The running proxy: servers, routes and their lifetimes.
 
 :func:`create_app` is what both the CLI and the tests call. The proxy port is the
-lean server of :mod:`proxy.server` (no router, no middleware chain: the hot path is
+lean server of :mod:`proxy.http1` (no router, no middleware chain: the hot path is
 one function); the admin port is another instance of that server, with the
-handler of :mod:`proxy.admin`.
+handler of :mod:`proxy.ops.admin`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import os
 import time
 from typing import Any
 
-from proxy.admin import admin_handler
 from proxy.clock import Clock, SystemClock
-from proxy.config import Config, Listen
+from proxy.config.model import Config, Listen
 from proxy.errors import (
     Forbidden,
     MethodNotAllowed,
@@ -26,17 +25,18 @@ from proxy.errors import (
     ProxyError,
     error_answer,
 )
-from proxy.forward import forward
 from proxy.http1 import Request, Server
 from proxy.http_errors import refusal_answer
-from proxy.logs import Exchange, access_log, remember_secrets
-from proxy.logs import access as log_access
-from proxy.metrics import Metrics, method_label
-from proxy.refusals import Refusals
-from proxy.replay import ReplayBudget
-from proxy.route import RouteRuntime
-from proxy.routing import Router
-from proxy.stores import TokenStore, open_store
+from proxy.ops.admin import admin_handler
+from proxy.proxying.forward import forward
+from proxy.proxying.refusals import Refusals
+from proxy.proxying.replay import ReplayBudget
+from proxy.proxying.route import RouteRuntime
+from proxy.proxying.routing import Router
+from proxy.telemetry.logs import Exchange, access_log, remember_secrets
+from proxy.telemetry.logs import access as log_access
+from proxy.telemetry.metrics import Metrics, method_label
+from proxy.tokens.stores.base import TokenStore, open_store
 
 log = logging.getLogger("authproxy")
 

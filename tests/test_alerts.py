@@ -102,7 +102,7 @@ def test_every_required_alert_is_there_with_a_runbook() -> None:
 
 
 def test_rules_query_only_metrics_that_authproxy_exports() -> None:
-    from proxy.metrics import Metrics
+    from proxy.telemetry.metrics import Metrics
 
     exported = {"up"}
     for family in Metrics().registry.collect():

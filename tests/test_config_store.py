@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config as c
-from proxy.explain import explain
-from proxy.redis_topology import build_client, where
+from proxy.config import model as c
+from proxy.config.explain import explain
+from proxy.tokens.stores.redis_topology import build_client, where
 
 ROUTES = """
 routes:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config as configmod
-from proxy.egress import EgressConfig, from_env, parse_no_proxy, parse_setting
-from proxy.explain import explain
+from proxy.config import model as configmod
+from proxy.config.explain import explain
+from proxy.http1.egress import EgressConfig, from_env, parse_no_proxy, parse_setting
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-Qx81"

@@ -17,11 +17,11 @@ import jwt
 import pytest
 from aiohttp import web
 
-from proxy import config as configmod
 from proxy.clock import ManualClock
-from proxy.flows.client import TokenClient
-from proxy.flows.login import LoginFlow
-from proxy.tokens import Token, TokenFetchError
+from proxy.config import model as configmod
+from proxy.tokens.flows.client import TokenClient
+from proxy.tokens.flows.login import LoginFlow
+from proxy.tokens.manager import Token, TokenFetchError
 from tests.conftest import serve_app
 
 T0 = 1_800_000_000.0

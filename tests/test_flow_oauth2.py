@@ -13,11 +13,11 @@ from urllib.parse import parse_qsl
 import pytest
 from aiohttp import web
 
-from proxy import config as configmod
 from proxy.clock import ManualClock
-from proxy.flows.client_credentials import ClientCredentialsFlow
-from proxy.flows.refresh_token import RefreshTokenFlow
-from proxy.tokens import NeedsConsent, Token, TokenFetchError
+from proxy.config import model as configmod
+from proxy.tokens.flows.client_credentials import ClientCredentialsFlow
+from proxy.tokens.flows.refresh_token import RefreshTokenFlow
+from proxy.tokens.manager import NeedsConsent, Token, TokenFetchError
 from tests.conftest import serve_app
 
 T0 = 1_800_000_000.0
@@ -152,7 +152,7 @@ async def test_refresh_token_missing_needs_consent(
     assert not info.value.retryable and endpoint.seen == []
 
 
-# -- the shared rules of proxy/flows/http.py ---------------------------------------------
+# -- the shared rules of proxy/tokens/flows/http.py ---------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy import config as configmod
+from proxy.config import model as configmod
 from proxy.http1 import Pool
 from tests.conftest import Echo, ProxyFactory, serve_app
 from tests.rawhttp import exchange, host_port, parse
@@ -175,7 +175,7 @@ async def test_pipelined_heads_stop_being_read_past_a_byte_bound(
 async def test_replay_bodies_are_bounded_across_routes(
     start_proxy: ProxyFactory,
 ) -> None:
-    from proxy.replay import ReplayBudget
+    from proxy.proxying.replay import ReplayBudget
 
     budget = ReplayBudget(1000)
     assert budget.take(600) == 600

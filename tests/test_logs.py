@@ -28,8 +28,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy import logs
 from proxy.clock import ManualClock
+from proxy.telemetry import logs as logs
 from tests.conftest import Echo
 from tests.fakes import B2B, Fault, GetPaid, InvoiceNg, serve
 from tests.tokenkit import call
@@ -239,7 +239,7 @@ async def test_access_log_off_costs_no_formatting(
 
 
 def test_formatters_scrub_credentials_and_known_secrets() -> None:
-    from proxy.config import parse
+    from proxy.config.model import parse
 
     logs.remember_secrets(
         parse(

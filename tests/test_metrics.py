@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import Metrics
+from proxy.telemetry.metrics import Metrics
 
 
 def samples(text: str, family: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from proxy import config as configmod
 from proxy.clock import ManualClock
+from proxy.config import model as configmod
 from tests.fakes import serve
 from tests.fakes.standards import JWT_BEARER, Client, Issuer, StandardsServer
 from tests.tokenkit import assert_no_token, call, metric
@@ -246,14 +246,14 @@ def test_jwt_bearer_config_errors(tmp_path: Path) -> None:
 
 
 def test_basic_auth_encodes_as_rfc6749() -> None:
-    from proxy.flows.client_auth import basic_auth
+    from proxy.tokens.flows.client_auth import basic_auth
 
     expected = base64.b64encode(b"a%3Ab:c%20d").decode()
     assert basic_auth("a:b", "c d") == f"Basic {expected}"
 
 
 def test_explain_shows_the_standards_keys_and_masks_the_key(tmp_path: Path) -> None:
-    from proxy.explain import explain
+    from proxy.config.explain import explain
 
     pem, _ = pem_pair("ec", tmp_path)
     text = f"""routes:

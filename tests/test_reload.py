@@ -1,7 +1,7 @@
 """Live reload: Kubernetes-style secret rotation under load, refusal, token keeping.
 
 The proxy is the real one on real ports, loaded from a config file on disk, with
-the real :class:`proxy.reload.Reloader` watching it (polling every 0.1 s here,
+the real :class:`proxy.ops.reload.Reloader` watching it (polling every 0.1 s here,
 1 s in production).
 """
 
@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import config as configmod
 from proxy.app import Proxy, create_app
-from proxy.reload import Reloader
+from proxy.config import model as configmod
+from proxy.ops.reload import Reloader
 from tests.conftest import Echo
 from tests.fakes import GetPaid, InvoiceNg, serve
 from tests.tokenkit import call, metric

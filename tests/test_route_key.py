@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy import config as c
-from proxy.route import auth_fingerprint
+from proxy.config import model as c
+from proxy.proxying.route import auth_fingerprint
 
 BASE = """
 routes:
@@ -29,4 +29,3 @@ def test_a_configured_refresh_token_does_not_orphan_a_stored_one() -> None:
 def test_changed_credentials_or_endpoints_change_the_key() -> None:
     assert key(BASE) != key(BASE, secret="s2")
     assert key(BASE) != key(BASE.replace("api.invoiced.com", "api.sandbox.invoiced.com"))
-

@@ -1,4 +1,4 @@
-"""The proxy port's own HTTP server (proxy/server.py), through raw sockets.
+"""The proxy port's own HTTP server (proxy/http1/), through raw sockets.
 
 Each test speaks bytes to the real proxy in front of the recording upstream and
 checks what a client would notice: the answers, their order and framing, which
@@ -14,8 +14,8 @@ import time
 import pytest
 from aiohttp import web
 
-from proxy import config as configmod
 from proxy.app import create_app
+from proxy.config import model as configmod
 from tests.rawhttp import Answer, exchange, host_port, parse
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import TokenStoreConfig
-from proxy.stores import open_store
-from proxy.tokens import Token
+from proxy.config.model import TokenStoreConfig
+from proxy.tokens.manager import Token
+from proxy.tokens.stores.base import open_store
 from tests.fakes import InvoiceNg, serve
 from tests.fleetkit import Paced, figures
 from tests.redis_fixture import RedisServer, redis, redis_server  # noqa: F401

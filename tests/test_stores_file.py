@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 
 from proxy.clock import ManualClock
-from proxy.config import TokenStoreConfig
-from proxy.stores import StoreError, open_store
-from proxy.tokens import Token
+from proxy.config.model import TokenStoreConfig
+from proxy.tokens.manager import Token
+from proxy.tokens.stores.base import StoreError, open_store
 from tests.fakes import B2B, InvoiceNg, serve
 from tests.fakes.base import AccessToken, json_response
 from tests.storekit import ROOT, ProxyProcess, env_for, file_entries
@@ -162,9 +162,9 @@ def test_serve_with_the_wrong_key_exits_with_a_message_not_a_traceback(tmp_path:
 
 _WORKER = """
 import asyncio, sys
-from proxy.config import TokenStoreConfig
-from proxy.stores import open_store
-from proxy.tokens import Token
+from proxy.config.model import TokenStoreConfig
+from proxy.tokens.stores.base import open_store
+from proxy.tokens.manager import Token
 
 async def main(path, name, rounds):
     store = open_store(TokenStoreConfig(type="file", path=path))

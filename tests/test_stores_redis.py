@@ -18,10 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-import proxy.stores_redis as stores_redis
-from proxy.config import TokenStoreConfig
-from proxy.stores import StoreError, TokenCodec, open_store
-from proxy.tokens import Token
+import proxy.tokens.stores.redis_store as stores_redis
+from proxy.config.model import TokenStoreConfig
+from proxy.tokens.manager import Token
+from proxy.tokens.stores.base import StoreError, TokenCodec, open_store
 from tests.fakes import B2B, InvoiceNg, serve
 from tests.fakes.base import AccessToken, FakeProvider, json_response
 from tests.redis_fixture import RedisServer, redis, redis_server  # noqa: F401

@@ -1,4 +1,4 @@
-"""The token endpoints' HTTP client (proxy/flows/client.py), byte for byte.
+"""The token endpoints' HTTP client (proxy/tokens/flows/client.py), byte for byte.
 
 A raw TCP server stands in for a token endpoint, so that the test sees exactly
 what authproxy sent and can answer what no well-behaved framework would: a
@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from proxy.flows.client import USER_AGENT, TokenClient
-from proxy.flows.http import request_json
-from proxy.tokens import TokenFetchError
+from proxy.tokens.flows.client import USER_AGENT, TokenClient
+from proxy.tokens.flows.http import request_json
+from proxy.tokens.manager import TokenFetchError
 
 
 @dataclass
@@ -207,9 +207,8 @@ async def test_header_with_a_line_break_is_refused_before_sending(
 def test_serving_never_imports_aiohttp() -> None:
     """aiohttp was a third of an idle proxy's memory; the serve path must not load it."""
     code = (
-        "import sys, proxy.__main__, proxy.app, proxy.stores_file, proxy.reload;"
+        "import sys, proxy.cli.main, proxy.app, proxy.tokens.stores.file, proxy.ops.reload;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-

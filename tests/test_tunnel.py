@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import trustme
 
-from proxy.egress import ProxyURL
 from proxy.http1 import Http1Error as UpstreamError
 from proxy.http1 import Pool as UpstreamPool
+from proxy.http1.egress import ProxyURL
 from proxy.http1.errors import ConnectError, Timeout
-from proxy.tunnel import Tunnel
+from proxy.http1.tunnel import Tunnel
 from tests.forward_proxy import forward_proxy_fixture  # noqa: F401
 
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.workers import START_GRACE
+from proxy.ops.workers import START_GRACE
 from tests.conftest import Echo
 from tests.fakes import B2B, InvoiceNg, serve
 from tests.storekit import ROOT, Load, ProxyProcess, env_for

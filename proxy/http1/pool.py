@@ -36,7 +36,7 @@ from proxy.http1.response import Response
 
 class Opener(Protocol):
     """Opens connections as ``loop.create_connection`` does: an egress proxy's tunnel
-    (:class:`proxy.tunnel.Tunnel`). ``name`` says what is in between, for messages."""
+    (:class:`proxy.http1.tunnel.Tunnel`). ``name`` says what is in between, for messages."""
 
     name: str
 

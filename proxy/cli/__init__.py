@@ -1,0 +1,1 @@
+"""The ``authproxy`` command line."""

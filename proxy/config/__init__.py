@@ -1,0 +1,1 @@
+"""Configuration: the model, its parsing from YAML, presets and ``check --explain``."""

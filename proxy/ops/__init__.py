@@ -1,0 +1,1 @@
+"""Operations: the admin port, readiness, reload, workers, the status page."""

@@ -1,0 +1,1 @@
+"""The data path: routing, the route, header rewriting, forwarding with one replay."""

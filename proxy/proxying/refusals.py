@@ -1,0 +1,122 @@
+"""What the proxy port refuses before any route sees it: logged (rate-limited) and counted.
+
+A 400/414/431 given while parsing (an oversized head, a garbage request line, a
+Transfer-Encoding other than chunked, a smuggling shape) and a connection the
+kernel could not hand over (out of file descriptors) are what a hostile or broken
+client looks like from here; a flood of them must not flood the log too. Each kind
+logs at most one line per ``_EVERY`` seconds, saying how many were not logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import resource
+import time
+from typing import Any
+
+from proxy.http1 import Http1Error, Server
+from proxy.http_errors import client_refusal
+from proxy.telemetry.metrics import Metrics
+
+log = logging.getLogger("authproxy.server")
+
+_EVERY = 10.0
+#: accept() failures that mean "out of descriptors or memory", not a bug
+_RESOURCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _Limiter:
+    __slots__ = ("last", "skipped")
+
+    def __init__(self) -> None:
+        self.last = -_EVERY
+        self.skipped = 0
+
+    def allow(self) -> int | None:
+        """None: do not log now; else how many were skipped since the last line."""
+        now = time.monotonic()
+        if now - self.last < _EVERY:
+            self.skipped += 1
+            return None
+        skipped, self.skipped, self.last = self.skipped, 0, now
+        return skipped
+
+
+class Refusals:
+    """The proxy port's ``on_refused`` hook and the loop's accept-error handler."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._parse = _Limiter()
+        self._accept = _Limiter()
+        self.accept_errors = 0
+
+    def on_refused(self, err: Http1Error, peer: str | None) -> None:
+        code = client_refusal(err).code
+        self.metrics.proxy_errors.labels("", code).inc()
+        skipped = self._parse.allow()
+        if skipped is not None:
+            more = f" ({skipped} more not logged)" if skipped else ""
+            log.warning(
+                "refused a request while parsing it: %s (%d)%s",
+                err.message,
+                err.status,
+                more,
+                extra={"route": "", "client": peer or "unix"},
+            )
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Catch accept() failures (out of fds): asyncio and uvloop report them to the
+        loop's exception handler, and the client is reset with no other trace."""
+        previous = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if isinstance(exc, OSError) and exc.errno in _RESOURCE:
+                self.accept_failed(exc)
+                return
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+
+    async def watch_fds(self, server: Server, every: float = 1.0) -> None:
+        """Under uvloop, libuv accepts and closes connections it has no descriptor for
+        (its "EMFILE trick") and tells nobody: look, once a second while the proxy
+        port holds at least half the fd limit, whether the limit is reached."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return
+        while True:
+            await asyncio.sleep(every)
+            if len(server.connections) < soft // 2:
+                continue
+            try:
+                used = len(os.listdir("/proc/self/fd"))
+            except OSError:
+                return  # no procfs: nothing to watch with
+            if used >= soft - 4:
+                msg = f"file descriptors exhausted ({used} of {soft} in use)"
+                self.accept_failed(OSError(errno.EMFILE, msg))
+
+    def accept_failed(self, exc: OSError) -> None:
+        self.accept_errors += 1
+        self.metrics.proxy_errors.labels("", "accept_failed").inc()
+        skipped = self._accept.allow()
+        if skipped is not None:
+            more = f" ({skipped} more not logged)" if skipped else ""
+            log.error(
+                "cannot accept a connection: %s; new clients are refused until "
+                "descriptors are free (raise the fd limit, or lower max_concurrent)%s",
+                exc.strerror or exc,
+                more,
+                extra={"route": ""},
+            )
+
+
+__all__ = ["Refusals"]

@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics, logs, the recent-events ring."""

@@ -1,0 +1,175 @@
+"""Talking to token endpoints: one request, a bounded answer, failures translated.
+
+Every flow sends its token requests through :func:`request_json`, so that the
+rules are the same for all of them, as httpx translates transport errors in one
+place:
+
+- the answer is read up to :data:`MAX_ANSWER` bytes; a bigger one is refused,
+  never buffered whole;
+- network errors, timeouts, 5xx, 408 and 429 are *retryable* (``Retry-After``
+  is honoured); every other 4xx is not: retrying cannot fix bad credentials;
+- a :class:`~proxy.tokens.manager.TokenFetchError` message names the provider's HTTP
+  status and its error code (OAuth2 ``error``, or ``error.code`` of an error
+  envelope), and nothing else of the answer: never a secret, a token, or the
+  raw body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+from proxy.tokens.dpop import DPoPKey
+from proxy.tokens.flows.client import ClientError, TokenClient
+from proxy.tokens.manager import TokenFetchError
+
+#: a token answer is a few KiB at most; anything past this is refused
+MAX_ANSWER = 1024 * 1024
+#: an error code is shown only when it looks like one (``invalid_client``, ``UNAUTHORIZED``)
+_CODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+async def request_json(
+    client: TokenClient,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    json_body: Any = None,
+    what: str = "token endpoint",
+    dpop: DPoPKey | None = None,
+    on_resend: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Send one token request; the answer's JSON object, or :class:`TokenFetchError`.
+
+    ``what`` names the endpoint in messages ("token endpoint", "refresh endpoint").
+    The client's timeout (the route's ``token_timeout``) bounds the exchange.
+    """
+    hdrs = {"Accept": "application/json", **(headers or {})}
+    body: bytes | None = None
+    if form is not None:
+        body = urlencode(form).encode("ascii")
+        hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    elif json_body is not None:
+        body = json.dumps(json_body).encode("utf-8")
+        hdrs.setdefault("Content-Type", "application/json")
+    for attempt in range(2):
+        if dpop is not None:
+            hdrs["DPoP"] = dpop.proof(method, url)
+        try:
+            answer = await client.request(method, url, headers=hdrs, body=body, limit=MAX_ANSWER)
+        except ClientError as exc:
+            raise _client_error(exc, what) from None
+        except ValueError:
+            raise TokenFetchError(
+                f"a header of the request to the {what} contains a line break", retryable=False
+            ) from None
+        if dpop is None:
+            break
+        # RFC 9449 8: a nonce may come with any answer; a 400 use_dpop_nonce asks
+        # for this request again with it (once).
+        fresh = dpop.remember(url, answer.headers.get("dpop-nonce"))
+        if attempt or not fresh or answer.status != 400:
+            break
+        if error_code(answer.body) != "use_dpop_nonce":
+            break
+        if on_resend is not None:
+            on_resend()
+    status = answer.status
+    raw = answer.body
+    if not 200 <= status < 300:
+        retry_after = _retry_after(answer.headers.get("retry-after"))
+        raise _status_error(status, raw, retry_after, what)
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        head = raw.lstrip()[:1]
+        if "html" in answer.headers.get("content-type", "") or head == b"<":
+            raise TokenFetchError(
+                f"{what} answered {status} with HTML, not JSON (check the URL)", status=status,
+                retryable=False,
+            ) from None  # fmt: skip
+        raise TokenFetchError(
+            f"{what} answered {status} with invalid or truncated JSON",
+            status=status,
+            retryable=False,
+        ) from None
+    if not isinstance(data, dict):
+        raise TokenFetchError(
+            f"{what} answered {status} with JSON that is not an object",
+            status=status,
+            retryable=False,
+        )
+    return data
+
+
+def _client_error(exc: ClientError, what: str) -> TokenFetchError:
+    """A transport failure, worded for the endpoint."""
+    if exc.kind == "timeout":
+        return TokenFetchError(f"{what} did not answer in time", lost=True)
+    if exc.kind == "too_large":
+        return _too_large(exc.status, what)
+    if exc.kind == "cut":
+        return TokenFetchError(f"{what} answer was cut short", lost=True)
+    if exc.kind == "tls":
+        return TokenFetchError(f"TLS with the {what} failed ({exc.detail})")
+    if exc.kind == "connect":
+        return TokenFetchError(f"{what} unreachable ({exc.detail.lower()})")
+    return TokenFetchError(f"{what} sent an invalid answer ({exc.detail})")
+
+
+def _too_large(status: int, what: str) -> TokenFetchError:
+    return TokenFetchError(
+        f"{what} answered {status} with more than {MAX_ANSWER // 1024} KiB; refused",
+        status=status,
+        retryable=status >= 500,
+    )
+
+
+def error_code(raw: bytes) -> str | None:
+    """The provider's error code: OAuth2 ``error``, or ``error.code`` of an envelope."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    err = data.get("error")
+    code: Any = err.get("code") if isinstance(err, dict) else err
+    if isinstance(code, str) and _CODE.match(code):
+        return code
+    return None
+
+
+def _status_error(status: int, raw: bytes, retry_after: float | None, what: str) -> TokenFetchError:
+    code = error_code(raw)
+    message = f"{what} answered {status}" + (f" ({code})" if code else "")
+    retryable = status >= 500 or status in _RETRYABLE_4XX
+    return TokenFetchError(
+        message,
+        status=status,
+        retryable=retryable,
+        retry_after=retry_after if retryable else None,
+        error_code=code,
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), 3600))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), 3600.0))

@@ -1,0 +1,217 @@
+"""A custom token exchange (``type: login``): Invoice.ng, Taxizer, the B2B JWT API.
+
+A request template logs in; an optional second template refreshes. Strings in
+either may hold ``{access_token}`` and ``{refresh_token}``, filled from the
+previous token by plain string replacement (never ``str.format``: a JSON body
+or a secret may contain braces). A response mapping of dotted paths
+(``data.access_token``) reads the answer.
+
+Expiry, in order of preference: ``expires_at`` (epoch seconds or ISO 8601),
+``expires_in``, the JWT ``exp`` claim of the access token, ``default_ttl``.
+
+Refresh when the previous token has what the refresh template needs (and its
+refresh token has not expired); when the refresh is refused, log in again.
+When the refresh endpoint itself is failing (network, 5xx), the error is
+raised so the manager backs off, rather than doubling the load on a provider
+that is down; a second such failure in a row falls back to logging in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.clock import Clock
+from proxy.config.model import LoginAuth, RequestSpec, ResponseSpec
+from proxy.tokens.flows.base import Flow, RequestCounter
+from proxy.tokens.flows.client import TokenClient
+from proxy.tokens.flows.expiry import dig, earliest, jwt_exp, parse_instant, parse_lifetime
+from proxy.tokens.flows.http import request_json
+from proxy.tokens.manager import Token, TokenFetchError
+
+log = logging.getLogger("authproxy.flows")
+
+ACCESS = "{access_token}"
+REFRESH = "{refresh_token}"
+
+
+def fill(value: Any, values: Mapping[str, str]) -> Any:
+    """``value`` with every placeholder in its strings replaced, recursively."""
+    if isinstance(value, str):
+        for placeholder, text in values.items():
+            if placeholder in value:
+                value = value.replace(placeholder, text)
+        return value
+    if isinstance(value, dict):
+        return {k: fill(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(v, values) for v in value]
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [str.__str__(value)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _uses(spec: RequestSpec, placeholder: str) -> bool:
+    # Walk the values, not their repr: secrets show as *** in a repr.
+    parts = [spec.url, dict(spec.headers), spec.json, dict(spec.form or {})]
+    return any(placeholder in s for s in _strings(parts))
+
+
+class LoginFlow(Flow[LoginAuth]):
+    """Log in with a request template; refresh with another one when configured."""
+
+    grant = "login"
+
+    def __init__(
+        self,
+        route_name: str,
+        auth: LoginAuth,
+        client: TokenClient,
+        clock: Clock,
+        count: RequestCounter | None = None,
+    ) -> None:
+        super().__init__(route_name, auth, client, clock, count)
+        refresh = auth.refresh
+        self._refresh_needs_access = refresh is not None and _uses(refresh, ACCESS)
+        self._refresh_needs_refresh = refresh is not None and _uses(refresh, REFRESH)
+        #: refresh attempts that failed in a row because the endpoint was failing
+        self._refresh_failures = 0
+
+    async def fetch(self, previous: Token | None) -> Token:
+        # The metrics label of the request made last: a refresh, or a login.
+        self.grant = "login"
+        if previous is not None and self.can_refresh(previous):
+            self.grant = "login_refresh"
+            try:
+                tok = await self._send(
+                    self.auth.refresh,  # type: ignore[arg-type]
+                    self.auth.refresh_response or self.auth.response,
+                    previous,
+                    how="refresh",
+                    what="refresh endpoint",
+                )
+            except TokenFetchError as exc:
+                if exc.retryable and self._refresh_failures < 1:
+                    self._refresh_failures += 1
+                    raise
+                self.grant = "login"
+                log.info(
+                    "refresh failed (%s); logging in again",
+                    exc.message,
+                    extra={"route": self.route},
+                )
+            else:
+                self._refresh_failures = 0
+                return tok
+        self._refresh_failures = 0
+        return await self._send(self.auth.request, self.auth.response, previous, how="login")
+
+    def can_refresh(self, previous: Token) -> bool:
+        """Whether ``previous`` holds what the refresh template needs, still valid."""
+        if self.auth.refresh is None:
+            return False
+        if self._refresh_needs_refresh and not previous.refresh_usable(self.clock.time()):
+            return False
+        return not (self._refresh_needs_access and not previous.access_token)
+
+    async def _send(
+        self,
+        spec: RequestSpec,
+        mapping: ResponseSpec,
+        previous: Token | None,
+        *,
+        how: str,
+        what: str = "token endpoint",
+    ) -> Token:
+        values = {
+            ACCESS: previous.access_token if previous is not None else "",
+            REFRESH: (previous.refresh_token or "") if previous is not None else "",
+        }
+        headers = {str(k): str(fill(v, values)) for k, v in spec.headers.items()}
+        form = fill(dict(spec.form), values) if spec.form is not None else None
+        body = fill(spec.json, values) if spec.json is not None else None
+        async with self.counted("login_refresh" if how == "refresh" else "login") as req:
+            data = await request_json(
+                self.client,
+                spec.method,
+                fill(spec.url, values),
+                headers=headers,
+                form=form,
+                json_body=body,
+                what=what,
+            )
+            return req.token(self._token(data, mapping, previous, how=how, what=what), what)
+
+    def _token(
+        self,
+        data: dict[str, Any],
+        mapping: ResponseSpec,
+        previous: Token | None,
+        *,
+        how: str,
+        what: str,
+    ) -> Token:
+        now = self.clock.time()
+        access = dig(data, mapping.access_token)
+        if isinstance(access, int | float) and not isinstance(access, bool):
+            access = str(access)
+        if not isinstance(access, str) or not access:
+            raise TokenFetchError(
+                f"{what} answer has no access token at {mapping.access_token!r}",
+                retryable=False,
+            )
+        expires_at = earliest(
+            self._expiry(data, mapping.expires_at, mapping.expires_in, now), jwt_exp(access)
+        )
+        if expires_at is None:
+            expires_at = now + self.auth.default_ttl
+
+        refresh: str | None = None
+        refresh_expires_at: float | None = None
+        if mapping.refresh_token:
+            value = dig(data, mapping.refresh_token)
+            refresh = value if isinstance(value, str) and value else None
+            refresh_expires_at = self._expiry(
+                data, mapping.refresh_expires_at, mapping.refresh_expires_in, now
+            )
+        if refresh is None and how == "refresh" and previous is not None:
+            # No rotation: the refresh token we used stays valid.
+            refresh = previous.refresh_token
+            refresh_expires_at = previous.refresh_expires_at
+        return Token(
+            access_token=access,
+            expires_at=expires_at,
+            refresh_token=refresh,
+            refresh_expires_at=refresh_expires_at,
+            obtained_at=now,
+            how=how,
+        )
+
+    def _expiry(
+        self, data: dict[str, Any], at_path: str | None, in_path: str | None, now: float
+    ) -> float | None:
+        if at_path:
+            raw = dig(data, at_path)
+            at = parse_instant(raw)
+            if at is not None:
+                return at
+            if raw is not None:
+                log.warning(
+                    "cannot read an expiry at %r; trying the next source",
+                    at_path,
+                    extra={"route": self.route},
+                )
+        if in_path:
+            lifetime = parse_lifetime(dig(data, in_path))
+            if lifetime is not None:
+                return now + lifetime
+        return None

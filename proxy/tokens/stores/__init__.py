@@ -1,0 +1,1 @@
+"""Token stores: memory, file and Redis (standalone, Sentinel, Cluster)."""

@@ -1,0 +1,186 @@
+"""When the token layer acts: the refresh window, the backoff steps, and the
+cooldown that stops a refused fresh token from being replaced again and again.
+
+Pure arithmetic on the injected clock's time, plus one cachetools map; the
+:class:`~proxy.tokens.manager.TokenManager` applies them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cachetools import TLRUCache
+
+from proxy.errors import ProxyError, TokenBackoff, TokenUnavailable
+from proxy.tokens.token import Token, TokenFetchError
+
+log = logging.getLogger("authproxy.tokens")
+
+#: the default ``backoff_cap``: a route is back within about this long after its
+#: token endpoint heals (design.md, "Additions planned")
+BACKOFF_CAP = 10.0
+#: the default ``refused_cooldown``
+REFUSED_COOLDOWN = 5.0
+#: replicas spread their cooldowns over [cooldown, cooldown * (1 + this)]
+COOLDOWN_JITTER = 0.2
+
+
+def refresh_at(tok: Token, refresh_before: float, fetch_time: float) -> float | None:
+    """When a background refresh starts, or None for a token that never expires.
+
+    ``refresh_before`` ahead of expiry, at most half the lifetime ahead (so that
+    short-lived tokens are still used), and in any case early enough that a fetch
+    taking ``fetch_time`` (the route's ``token_timeout``) ends before the token
+    stops being sent: with ``refresh_before: 1s`` the window used to open when the
+    token was already unusable, and requests waited for the whole fetch.
+    """
+    if tok.expires_at is None:
+        return None
+    lifetime = max(0.0, tok.expires_at - tok.obtained_at)
+    usable_until = tok.expires_at - tok.skew
+    usable_for = max(0.0, usable_until - tok.obtained_at)
+    configured = tok.expires_at - min(refresh_before, lifetime / 2)
+    latest = usable_until - min(fetch_time, usable_for / 2)
+    return min(configured, latest)
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, on the injected clock.
+
+    ``cap`` is the route's ``backoff_cap``: the longest step, so the route comes
+    back at most ``cap`` after its token endpoint heals.
+    """
+
+    base: float = 0.5
+    cap: float = BACKOFF_CAP
+    rand: Callable[[], float] = field(default=random.random)
+
+    def delay(self, attempt: int) -> float:
+        # A cap under the first step (backoff_cap: 0) must not mean "retry at once".
+        cap = max(self.cap, self.base)
+        ceiling: float = min(cap, self.base * (2.0 ** max(0, attempt - 1)))
+        # Jittered, but never less than half the step: replicas spread out and
+        # the provider still sees at most one attempt per step.
+        return ceiling * (0.5 + 0.5 * self.rand())
+
+
+class RefusalCooldown:
+    """Remembers, for ``cooldown`` seconds, that a refused token was replaced.
+
+    While it remembers, a token refused again is not replaced: the upstream
+    refuses fresh tokens (wrong audience, a scope the server does not grant,
+    broken introspection), and replacing them would only hammer the provider.
+    Concurrent and sequential 401s alike then cause at most one token request
+    per cooldown. Each window is stretched by a random ``COOLDOWN_JITTER`` share,
+    so that replicas sharing a provider spread their refetches.
+
+    Works whatever the token store: it lives in the manager, one per route.
+    """
+
+    def __init__(
+        self,
+        cooldown: float,
+        timer: Callable[[], float],
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.cooldown = cooldown
+        self._rand = rand
+        #: this episode of refused fresh tokens was logged (once, not per request)
+        self._logged = False
+        #: the same, for 401s held while the store is down (:meth:`held_alone`)
+        self._alone_logged = False
+        #: a 401 was held in the current fetch window
+        self._held = False
+        # Per-entry lifetimes (the jitter) are what TLRUCache adds to TTLCache.
+        self._recent: TLRUCache[str, float] = TLRUCache(
+            maxsize=4, ttu=lambda _key, length, now: now + length, timer=timer
+        )
+
+    def active(self) -> bool:
+        """A refused token was replaced less than a (jittered) cooldown ago."""
+        return "replaced" in self._recent
+
+    def refused_again(self, route: str) -> bool:
+        """The replacement token was refused too: True while the window is open
+        (the token is then kept). The warning is logged once per episode."""
+        if not self.active():
+            return False
+        if not self._logged:
+            self._logged = True
+            log.warning(
+                "the upstream refuses fresh tokens (401 again within refused_cooldown "
+                "%gs); not fetching another until it ends: check audience, scope and "
+                "the upstream's token validation",
+                self.cooldown,
+                extra={"route": route, "event": "refused_fresh"},
+            )
+        return True
+
+    def fetched(self) -> None:
+        """A token was just fetched from the provider: open its hold window.
+
+        Consulted only while the store cannot coordinate (:meth:`held_alone`).
+        """
+        if self._held:
+            self._held = False
+        else:
+            # the last token went through its window unrefused: a new episode
+            self._alone_logged = False
+        if self.cooldown > 0:
+            self._recent["fetched"] = self.cooldown * (1.0 + COOLDOWN_JITTER * self._rand())
+
+    def held_alone(self, route: str, *, alone: bool) -> bool:
+        """The store is down and the current token was fetched less than a
+        (jittered) cooldown ago: True, it is kept through a 401, seen working or
+        not. Against a single-session provider every replica's login revokes the
+        others' tokens; replacing on each 401 is the storm of issue 16. So each
+        replica fetches at most once per window, and the 401 goes to the client."""
+        if not alone or "fetched" not in self._recent:
+            return False
+        self._held = True
+        if not self._alone_logged:
+            self._alone_logged = True
+            log.warning(
+                "token refused upstream while the token store is down; keeping it for "
+                "refused_cooldown %gs (another replica's login may have revoked it)",
+                self.cooldown,
+                extra={"route": route, "event": "refused_fresh"},
+            )
+        return True
+
+    def start(self, *, new_episode: bool) -> None:
+        """A refused token is being replaced now: open a window. ``new_episode``:
+        the refused token had worked (it was no suspect replacement)."""
+        if new_episode:
+            self._logged = False
+        if self.cooldown > 0:
+            self._recent["replaced"] = self.cooldown * (1.0 + COOLDOWN_JITTER * self._rand())
+
+
+def failure_wait(
+    backoff: Backoff, attempts: int, exc: TokenFetchError, spends_refresh: bool, timeout: float
+) -> float:
+    """How long after a failed token request the next one may start."""
+    wait = backoff.delay(attempts)
+    if exc.retry_after is not None:
+        wait = max(wait, exc.retry_after)
+    if exc.lost and spends_refresh:
+        # The provider may still be working on the refresh whose answer we lost,
+        # and may have rotated the refresh token already. Presenting it again
+        # sooner than it had to answer the first one is what reuse detection
+        # (oidc-provider) punishes by revoking the grant: wait at least that long.
+        wait = max(wait, timeout)
+    return wait
+
+
+def as_proxy_error(route: str, exc: TokenFetchError, wait: float | None) -> ProxyError:
+    """What a caller answers for a failed fetch: 503 while backing off, else 502."""
+    if exc.retryable and wait is not None and wait > 0:
+        return TokenBackoff(
+            f"{exc.message}; retrying in {wait:.0f}s", route=route, retry_after=wait
+        )
+    return TokenUnavailable(exc.message, route=route)

@@ -1,0 +1,186 @@
+"""The token value, the source seam, and the errors a source raises.
+
+Split from :mod:`proxy.tokens.manager` (the caching layer) so that flows and stores
+depend on the value alone. :mod:`proxy.tokens.manager` re-exports every name here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("authproxy.tokens")
+
+#: the smallest and largest send margin: a token this close to its expiry is not
+#: sent any more, it could expire in flight. golang/oauth2 uses 10 s for every
+#: token; a fixed 10 s would make a 10 s token unusable, so the margin scales
+#: with the lifetime (a tenth of it) between these bounds.
+MIN_SKEW = 1.0
+MAX_SKEW = 10.0
+#: kept for callers of the old constant: the smallest margin
+EXPIRY_SKEW = MIN_SKEW
+
+
+def expiry_skew(lifetime: float) -> float:
+    """How long before its expiry a token of ``lifetime`` seconds stops being sent."""
+    return min(MAX_SKEW, max(MIN_SKEW, lifetime / 10.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token and what came with it. Never printed: its repr is masked."""
+
+    access_token: str
+    expires_at: float | None = None
+    refresh_token: str | None = None
+    refresh_expires_at: float | None = None
+    obtained_at: float = 0.0
+    #: how it was obtained: login, refresh, client_credentials, authorize, config, store
+    how: str = "login"
+    #: ``DPoP`` for a token bound to the route's DPoP key (RFC 9449), else ``Bearer``
+    token_type: str = "Bearer"
+
+    def __repr__(self) -> str:
+        exp = "never" if self.expires_at is None else f"{self.expires_at:.0f}"
+        return f"Token(***, expires_at={exp}, how={self.how})"
+
+    @property
+    def skew(self) -> float:
+        """The send margin for this token (see :func:`expiry_skew`)."""
+        if self.expires_at is None:
+            return MIN_SKEW
+        return expiry_skew(max(0.0, self.expires_at - self.obtained_at))
+
+    @property
+    def usable_until(self) -> float | None:
+        """The last instant the token is sent; None for a token that never expires."""
+        return None if self.expires_at is None else self.expires_at - self.skew
+
+    def usable(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at - self.skew
+
+    def refresh_usable(self, now: float) -> bool:
+        if not self.refresh_token:
+            return False
+        return self.refresh_expires_at is None or now < self.refresh_expires_at - MIN_SKEW
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Token:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class TokenFetchError(Exception):
+    """A source could not get a token. ``message`` is safe to show a client.
+
+    ``retryable`` is true for network errors, timeouts, 5xx and 429; 4xx answers
+    (bad credentials, ``invalid_client``) are not retried on their own.
+    ``error_code`` is the provider's OAuth2 ``error`` (or ``error.code`` of an
+    envelope), like golang/oauth2's ``RetrieveError.ErrorCode``. ``lost`` is
+    true when the request may have reached the provider but its answer did not
+    come back (a timeout, a cut answer): the provider may have acted on it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        error_code: str | None = None,
+        lost: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.error_code = error_code
+        self.lost = lost
+
+
+class UnusableToken(TokenFetchError):
+    """The provider answered a token that cannot be sent: expired on arrival, or
+    living shorter than the send margin (``expires_in: 0``, an ``exp`` in the past).
+
+    A provider error, retried with backoff; ``token`` may still be used once by
+    the requests waiting for it when it has not expired yet.
+    """
+
+    def __init__(self, what: str, token: Token, lifetime: float) -> None:
+        super().__init__(
+            f"{what} sent a token that is unusable on arrival "
+            f"(lifetime {lifetime:.1f}s, shorter than the {token.skew:.0f}s send margin)",
+            retryable=True,
+        )
+        self.token = token
+
+
+class TokenSource(Protocol):
+    """One auth flow. ``fetch`` gets a new token, by refresh when ``previous`` allows.
+
+    ``previous`` is the last token known (possibly expired, or refused by an
+    upstream); a source that can refresh uses its refresh token or access token,
+    and logs in again when the refresh fails.
+    """
+
+    #: metrics label for the grant, e.g. ``client_credentials``, ``login``
+    grant: str
+
+    async def fetch(self, previous: Token | None) -> Token: ...
+
+
+class NeedsConsent(TokenFetchError):
+    """No refresh token exists yet: a person must run ``authproxy authorize``."""
+
+    def __init__(self, route: str) -> None:
+        super().__init__(
+            f"no refresh token for route {route}: run `authproxy authorize {route}` once",
+            retryable=False,
+        )
+
+
+class TokenEvents(Protocol):
+    """What the manager reports; metrics and logs implement it."""
+
+    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None: ...
+    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None: ...
+    def cache(self, route: str, hit: bool) -> None: ...
+    def lock_wait(self, route: str, seconds: float) -> None: ...
+
+
+class NullEvents:
+    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None:
+        pass
+
+    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
+        pass
+
+    def cache(self, route: str, hit: bool) -> None:
+        pass
+
+    def lock_wait(self, route: str, seconds: float) -> None:
+        pass
+
+
+def log_token_event(event: str, route: str, source: str, tok: Token, now: float) -> None:
+    """A token event line: what happened and where from, never the token."""
+    if log.isEnabledFor(logging.INFO):
+        expires_in = None if tok.expires_at is None else round(tok.expires_at - now, 1)
+        log.info(
+            "token %s",
+            event,
+            extra={"route": route, "event": event, "source": source, "expires_in": expires_in},
+        )
+
+
+def check_arrival(tok: Token, now: float, what: str = "token endpoint") -> Token:
+    """``tok``, or :class:`UnusableToken` when it cannot be sent even once more."""
+    if tok.expires_at is None or tok.usable(now):
+        return tok
+    raise UnusableToken(what, tok, tok.expires_at - now)
