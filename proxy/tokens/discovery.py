@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
+from proxy.http1.tls import client_context
+
 if TYPE_CHECKING:
     from proxy.config.model import RouteConfig
     from proxy.http1.egress import EgressConfig
@@ -123,8 +125,6 @@ def _endpoint(doc: dict[str, Any], name: str) -> str | None:
 
 def discover(routes: list[RouteConfig], error: Callable[[str, str], None]) -> list[RouteConfig]:
     """``routes`` with discovered endpoints filled in; problems go to ``error``."""
-    from proxy.proxying.route import ssl_context
-
     out: list[RouteConfig] = []
     seen: dict[tuple[str | None, str | None], dict[str, Any] | str] = {}
     for route in routes:
@@ -138,7 +138,7 @@ def discover(routes: list[RouteConfig], error: Callable[[str, str], None]) -> li
         source = (issuer, url)
         if source not in seen:
             target = URL(url or issuer or "")
-            ctx = ssl_context(route) if target.scheme == "https" else None
+            ctx = client_context(route.tls) if target.scheme == "https" else None
             try:
                 seen[source] = metadata(
                     issuer, url, timeout=route.token_timeout, context=ctx, egress=route.egress_proxy

@@ -7,8 +7,9 @@ depend on the value alone. :mod:`proxy.tokens.manager` re-exports every name her
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, TypedDict, overload
 
 log = logging.getLogger("authproxy.tokens")
 
@@ -25,6 +26,18 @@ EXPIRY_SKEW = MIN_SKEW
 def expiry_skew(lifetime: float) -> float:
     """How long before its expiry a token of ``lifetime`` seconds stops being sent."""
     return min(MAX_SKEW, max(MIN_SKEW, lifetime / 10.0))
+
+
+class TokenJSON(TypedDict):
+    """A :class:`Token` as a store keeps it (``Token.to_dict``)."""
+
+    access_token: str
+    expires_at: float | None
+    refresh_token: str | None
+    refresh_expires_at: float | None
+    obtained_at: float
+    how: str
+    token_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +78,60 @@ class Token:
             return False
         return self.refresh_expires_at is None or now < self.refresh_expires_at - MIN_SKEW
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> TokenJSON:
+        return TokenJSON(
+            access_token=self.access_token,
+            expires_at=self.expires_at,
+            refresh_token=self.refresh_token,
+            refresh_expires_at=self.refresh_expires_at,
+            obtained_at=self.obtained_at,
+            how=self.how,
+            token_type=self.token_type,
+        )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Token:
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: Mapping[str, object]) -> Token:
+        """The token in ``data`` (what :meth:`to_dict` wrote; unknown keys are
+        ignored, missing ones take their defaults); :class:`TypeError` when a
+        value has the wrong type."""
+        access = data.get("access_token")
+        if not isinstance(access, str):
+            raise TypeError("access_token is not a string")
+        return cls(
+            access,
+            expires_at=_number(data, "expires_at"),
+            refresh_token=_text(data, "refresh_token"),
+            refresh_expires_at=_number(data, "refresh_expires_at"),
+            obtained_at=_number(data, "obtained_at", 0.0),
+            how=_text(data, "how", "login"),
+            token_type=_text(data, "token_type", "Bearer"),
+        )
+
+
+@overload
+def _number(data: Mapping[str, object], key: str) -> float | None: ...
+@overload
+def _number(data: Mapping[str, object], key: str, default: float) -> float: ...
+def _number(data: Mapping[str, object], key: str, default: float | None = None) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{key} is not a number")
+    return float(value)
+
+
+@overload
+def _text(data: Mapping[str, object], key: str) -> str | None: ...
+@overload
+def _text(data: Mapping[str, object], key: str, default: str) -> str: ...
+def _text(data: Mapping[str, object], key: str, default: str | None = None) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"{key} is not a string")
 
 
 class TokenFetchError(Exception):

@@ -35,11 +35,12 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from proxy.config.store import CALL_BOUND, TokenStoreConfig
-from proxy.tokens.manager import Token
-from proxy.tokens.stores.base import MemoryStore, StoreError, TokenCodec
+from proxy.tokens.stores.codec import StoreError, TokenCodec
 from proxy.tokens.stores.health import StoreHealth
+from proxy.tokens.stores.memory import MemoryStore
 from proxy.tokens.stores.redis_lock import RefreshLock, Unavailable
 from proxy.tokens.stores.redis_topology import build_client, name_error, where
+from proxy.tokens.token import Token
 
 if TYPE_CHECKING:
     from proxy.telemetry.metrics import Metrics
