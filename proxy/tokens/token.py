@@ -1,17 +1,17 @@
-"""The token value, the source seam, and the errors a source raises.
+"""The token value, the two seams (:class:`TokenSource`, :class:`TokenStore`),
+and the errors a source raises.
 
 Split from :mod:`proxy.tokens.manager` (the caching layer) so that flows and stores
-depend on the value alone. :mod:`proxy.tokens.manager` re-exports every name here.
+depend on the value alone. :mod:`proxy.tokens.manager` re-exports the names
+callers use.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypedDict, overload
-
-log = logging.getLogger("authproxy.tokens")
 
 #: the smallest and largest send margin: a token this close to its expiry is not
 #: sent any more, it could expire in flight. golang/oauth2 uses 10 s for every
@@ -143,6 +143,8 @@ class TokenFetchError(Exception):
     envelope), like golang/oauth2's ``RetrieveError.ErrorCode``. ``lost`` is
     true when the request may have reached the provider but its answer did not
     come back (a timeout, a cut answer): the provider may have acted on it.
+    ``grant`` is the grant of the token request that failed (``login_refresh``
+    for a login flow's refresh), set by the flow that sent it.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class TokenFetchError(Exception):
         retry_after: float | None = None,
         error_code: str | None = None,
         lost: bool = False,
+        grant: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -162,6 +165,7 @@ class TokenFetchError(Exception):
         self.retry_after = retry_after
         self.error_code = error_code
         self.lost = lost
+        self.grant = grant
 
 
 class UnusableToken(TokenFetchError):
@@ -186,13 +190,25 @@ class TokenSource(Protocol):
 
     ``previous`` is the last token known (possibly expired, or refused by an
     upstream); a source that can refresh uses its refresh token or access token,
-    and logs in again when the refresh fails.
+    and logs in again when the refresh fails. ``failure`` is why the last fetch
+    failed, when it did (the caller keeps it; a source keeps no state).
     """
 
     #: metrics label for the grant, e.g. ``client_credentials``, ``login``
     grant: str
 
-    async def fetch(self, previous: Token | None) -> Token: ...
+    async def fetch(
+        self, previous: Token | None, failure: TokenFetchError | None = None
+    ) -> Token: ...
+
+
+class TokenStore(Protocol):
+    """Where tokens live beyond one request (see :mod:`proxy.tokens.stores.base`)."""
+
+    async def load(self, key: str) -> Token | None: ...
+    async def save(self, key: str, token: Token) -> None: ...
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]: ...
+    async def close(self) -> None: ...
 
 
 class NeedsConsent(TokenFetchError):
@@ -202,40 +218,6 @@ class NeedsConsent(TokenFetchError):
         super().__init__(
             f"no refresh token for route {route}: run `authproxy authorize {route}` once",
             retryable=False,
-        )
-
-
-class TokenEvents(Protocol):
-    """What the manager reports; metrics and logs implement it."""
-
-    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None: ...
-    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None: ...
-    def cache(self, route: str, hit: bool) -> None: ...
-    def lock_wait(self, route: str, seconds: float) -> None: ...
-
-
-class NullEvents:
-    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None:
-        pass
-
-    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
-        pass
-
-    def cache(self, route: str, hit: bool) -> None:
-        pass
-
-    def lock_wait(self, route: str, seconds: float) -> None:
-        pass
-
-
-def log_token_event(event: str, route: str, source: str, tok: Token, now: float) -> None:
-    """A token event line: what happened and where from, never the token."""
-    if log.isEnabledFor(logging.INFO):
-        expires_in = None if tok.expires_at is None else round(tok.expires_at - now, 1)
-        log.info(
-            "token %s",
-            event,
-            extra={"route": route, "event": event, "source": source, "expires_in": expires_in},
         )
 
 

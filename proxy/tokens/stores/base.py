@@ -21,23 +21,15 @@ chooses the store; the stores import only the codec and the memory store.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from proxy.config.model import TokenStoreConfig
 from proxy.tokens.stores.codec import StoreError, TokenCodec
 from proxy.tokens.stores.memory import MemoryStore
-from proxy.tokens.token import Token
+from proxy.tokens.token import TokenStore
 
 if TYPE_CHECKING:
     from proxy.telemetry.metrics import Metrics
-
-
-class TokenStore(Protocol):
-    async def load(self, key: str) -> Token | None: ...
-    async def save(self, key: str, token: Token) -> None: ...
-    def lock(self, key: str) -> AbstractAsyncContextManager[None]: ...
-    async def close(self) -> None: ...
 
 
 # -- choosing one -----------------------------------------------------------------
