@@ -271,7 +271,8 @@ def test_exceptions_are_logged_by_type_and_frames_not_message() -> None:
             "authproxy", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
         )
     doc = json.loads(logs.JsonFormatter().format(record))
-    assert doc["error"] == "ValueError" and "test_logs.py" in doc["trace"]
+    assert doc["exception"] == "ValueError" and "test_logs.py" in doc["trace"]
+    assert "error" not in doc  # a contract code only, never an exception type
     assert "s3cr3t" not in json.dumps(doc)
     assert "s3cr3t" not in logs.TextFormatter().format(record)
 
