@@ -89,7 +89,7 @@ class TokenManager:
         self.token_timeout = token_timeout
         events = events or NullEvents()
         self._cache_event = events.cache
-        self.report = TokenReport(route, events)
+        self.report = TokenReport(route, events, clock)
         self.sync = StoreSync(store, key, self.report, events.lock_wait)
         self.failures = Failures(backoff or Backoff(cap=backoff_cap), clock, token_timeout)
         self.cooldown = RefusalCooldown(refused_cooldown, clock.time)

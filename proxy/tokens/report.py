@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from proxy.clock import Clock
+from proxy.telemetry.throttle import Throttle
 from proxy.tokens.token import Token, TokenFetchError, UnusableToken
 
 log = logging.getLogger("authproxy.tokens")
@@ -53,9 +55,11 @@ def log_token_event(event: str, route: str, source: str, tok: Token, now: float)
 class TokenReport:
     """The log lines and events of one route's token; never the token itself."""
 
-    def __init__(self, route: str, events: TokenEvents) -> None:
+    def __init__(self, route: str, events: TokenEvents, clock: Clock) -> None:
         self.route = route
         self.events = events
+        #: a failing token endpoint: one warning per interval (see Throttle)
+        self.throttle = Throttle(clock=clock)
 
     def adopted(self, tok: Token, now: float) -> None:
         """A token another process (or an earlier run) stored is used."""
@@ -78,17 +82,15 @@ class TokenReport:
 
     def failed(self, grant: str, exc: TokenFetchError, seconds: float, wait: float) -> None:
         self.events.failed(self.route, grant, exc, seconds)
-        log.warning(
-            "token request failed: %s; next attempt in %.1fs",
-            exc.message,
-            wait,
+        event = "unusable" if isinstance(exc, UnusableToken) else "failed"
+        self.throttle.log(
+            log, logging.WARNING, (event,),
+            "token request failed: %s; next attempt in %.1fs", exc.message, wait,
             extra={
-                "route": self.route,
-                "event": "unusable" if isinstance(exc, UnusableToken) else "failed",
-                "source": grant,
-                "status": exc.status,
+                "route": self.route, "event": event, "source": grant,
+                "token_status": exc.status,
             },
-        )
+        )  # fmt: skip
 
     def broken(self) -> None:
         """A flow raised something else than a TokenFetchError: a bug."""
@@ -101,11 +103,14 @@ class TokenReport:
         )
 
     def load_failed(self, exc: Exception) -> None:
-        log.warning("token store load failed: %s", type(exc).__name__)
+        name = type(exc).__name__
+        log.warning(
+            "token store load failed: %s", name, extra={"route": self.route, "exception": name}
+        )
 
     def save_failed(self, exc: Exception) -> None:
         log.error(
             "token store save failed (%s); using the token anyway",
             type(exc).__name__,
-            extra={"route": self.route},
+            extra={"route": self.route, "exception": type(exc).__name__},
         )
