@@ -239,7 +239,7 @@ async def test_access_log_off_costs_no_formatting(
 
 
 def test_formatters_scrub_credentials_and_known_secrets() -> None:
-    from proxy.config.model import parse
+    from proxy.config.schema import parse
 
     logs.remember_secrets(
         parse(

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from proxy.config.model import Config, Listen, Secret
+from proxy.config.model import Config
+from proxy.config.values import Listen, Secret
 
 _PLACEHOLDERS = frozenset({"{access_token}", "{refresh_token}"})
 

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
-from proxy.config import model as configmod
+from proxy import config as configmod
 
 log = logging.getLogger("authproxy.workers")
 
