@@ -83,9 +83,9 @@ def fetch_document(
         doc = json.loads(raw)
     except ValueError:
         raise DiscoveryError(f"{url} did not answer a JSON document") from None
-    if not isinstance(doc, dict):
-        raise DiscoveryError(f"{url} did not answer a JSON object")
-    return doc
+    if isinstance(doc, dict):
+        return doc
+    raise DiscoveryError(f"{url} did not answer a JSON object")
 
 
 def _origin(url: str) -> tuple[str, str, int]:

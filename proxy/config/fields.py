@@ -105,8 +105,12 @@ def _or_ref(*alternatives: JSON) -> JSON:
     return {"anyOf": [*alternatives, REF]}
 
 
+def ref(name: str) -> JSON:
+    return {"$ref": f"#/$defs/{name}"}
+
+
 def section(cls: type) -> Meta:
-    return meta(Kind({"$ref": f"#/$defs/{cls.__name__}"}, section=cls))
+    return meta(Kind(ref(cls.__name__), section=cls))
 
 
 def special(json: JSON) -> Meta:

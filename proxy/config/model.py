@@ -133,9 +133,7 @@ class LoginAuth:
     request: RequestSpec = field(metadata=k.section(RequestSpec))
     response: ResponseSpec = field(metadata=k.section(ResponseSpec))
     #: written as ``refresh: {method, url, ..., response: {...}}``
-    refresh: RequestSpec | None = field(
-        default=None, metadata=k.special({"$ref": "#/$defs/Refresh"})
-    )
+    refresh: RequestSpec | None = field(default=None, metadata=k.special(k.ref("Refresh")))
     refresh_response: ResponseSpec | None = None
     default_ttl: float = field(default=300.0, metadata=k.DURATION)
     type: Literal["login"] = "login"
@@ -167,7 +165,7 @@ class RouteConfig:
     #: default ``/{name}/``
     prefix: str = field(metadata=k.STRING)
     upstream: str = field(metadata=k.URL)
-    auth: AuthConfig = field(metadata=k.special({"$ref": "#/$defs/Auth"}))
+    auth: AuthConfig = field(metadata=k.special(k.ref("Auth")))
     inject: InjectConfig = field(default=InjectConfig(), metadata=k.section(InjectConfig))
     pass_client_authorization: bool = field(default=False, metadata=k.BOOL)
     tls: TLSConfig = field(default=TLSConfig(), metadata=k.section(TLSConfig))
@@ -231,9 +229,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 @dataclass(frozen=True)
 class Config:
     routes: tuple[RouteConfig, ...] = field(
-        metadata=k.special(
-            {"type": "object", "additionalProperties": {"$ref": "#/$defs/RouteConfig"}}
-        )
+        metadata=k.special({"type": "object", "additionalProperties": k.ref("RouteConfig")})
     )
     listen: Listen = field(default=Listen("127.0.0.1", 8080), metadata=k.LISTEN)
     admin_listen: Listen | None = field(

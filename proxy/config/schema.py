@@ -30,7 +30,7 @@ from proxy.config.values import Listen, http_url, parse_listen, same_address
 
 #: top-level keys that are not fields of Config, with their JSON Schema
 DOCUMENT_KEYS: dict[str, fields.JSON] = {
-    "defaults": {"$ref": "#/$defs/Defaults"},
+    "defaults": fields.ref("Defaults"),
     "readiness": {
         "type": "object",
         "properties": {"require_tokens": {"type": "array", "items": {"type": "string"}}},

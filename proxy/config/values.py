@@ -216,4 +216,4 @@ def param(v: object) -> str:
         return "true" if v else "false"
     if isinstance(v, list):
         return " ".join(str(x) for x in v)
-    return str(v)
+    return v if isinstance(v, str) else str(v)  # a secret stays a Secret
