@@ -161,7 +161,7 @@ async def test_a_worker_that_dies_is_started_again(tmp_path: Path, echo: Echo) -
         assert load.failures == [] and load.ok > 10
     finally:
         code = proxy.stop()
-    assert code == 0
+    assert code == 0, proxy.logs()[-3000:]
     assert f"worker 1 (pid {before[1]}) exited with code -9; starting it again" in proxy.logs()
 
 
@@ -277,3 +277,34 @@ async def test_sigterm_to_every_process_drains_and_a_second_one_to_the_superviso
         proxy.stop()
     assert code == 1 and took < 3, (code, took)
     assert "stopping the workers now" in proxy.logs()
+
+
+async def test_stopping_while_a_worker_is_still_starting_is_a_clean_stop(
+    tmp_path: Path, echo: Echo
+) -> None:
+    # Regression (test_a_worker_that_dies_is_started_again failed under load): a
+    # SIGTERM that reached a worker before it had set up its signal handler (it
+    # was still importing) killed it, and the supervisor exited 1 for that.
+    # Worker 1 is held at interpreter start-up, before authproxy's code, for good.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('AUTHPROXY_WORKER') == '1':\n"
+        "    open(os.environ['HELD_MARK'], 'w').close()\n"
+        "    time.sleep(600)\n"
+    )
+    mark = tmp_path / "worker-1-held"
+    body = f"routes:\n  e: {{upstream: {echo.url}/, auth: {{type: none}}}}\n"
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "HELD_MARK": str(mark)}
+    proxy = ProxyProcess(tmp_path, "s", body, env=env, args=("--workers", "2"))
+    proxy.start()
+    try:
+        await proxy.wait_healthy()  # worker 0 serves
+        await until(mark.exists, "worker 1 held at start-up")
+        pids = worker_pids(proxy)
+    finally:
+        code = proxy.stop()
+    assert code == 0, proxy.logs()[-3000:]
+    assert not alive(pids[1])
+    assert "all workers stopped" in proxy.logs()

@@ -59,6 +59,8 @@ START_GRACE = 3.0
 #: restarts of one worker are at least this far apart
 _RESTART_DELAY = 1.0
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+#: what the supervisor sends to stop the workers (gracefully, then at once)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def problem(config: configmod.Config, workers: int) -> str | None:
@@ -214,7 +216,9 @@ class Supervisor:
                     w.reaped = True
                     _mark_dead(w.proc.pid, self.env["PROMETHEUS_MULTIPROC_DIR"])
                 if sent:
-                    failed = failed or code
+                    # Killed by the signal we sent: it was still starting (its
+                    # handler not yet installed), so it had nothing to finish.
+                    failed = failed or (0 if -code in _STOP_SIGNALS else code)
                     continue
                 if time.monotonic() - w.started < START_GRACE:
                     log.error(
