@@ -25,16 +25,17 @@ from proxy.errors import (
     ProxyError,
     error_answer,
 )
-from proxy.http1 import Request, Server
-from proxy.http_errors import refusal_answer
+from proxy.http1.request import Request
+from proxy.http1.server import Server
 from proxy.ops.admin import admin_handler
+from proxy.proxying.exchange import Exchange, new_request_id
 from proxy.proxying.forward import forward
-from proxy.proxying.refusals import Refusals
+from proxy.proxying.refusals import Refusals, refusal_answer
 from proxy.proxying.replay import ReplayBudget
-from proxy.proxying.route import RouteRuntime
-from proxy.proxying.routing import Router
-from proxy.telemetry.logs import Exchange, access_log, remember_secrets
+from proxy.proxying.router import Router
+from proxy.proxying.runtime import RouteRuntime
 from proxy.telemetry.logs import access as log_access
+from proxy.telemetry.logs import access_log, remember_secrets
 from proxy.telemetry.metrics import Metrics, method_label
 from proxy.tokens.stores.base import TokenStore, open_store
 
@@ -259,7 +260,7 @@ class Proxy:
         """Answer one request on the proxy port; never raises for the client's sake."""
         started = time.perf_counter()
         route: RouteRuntime | None = None
-        ex = Exchange(request.request_id or request.new_id())
+        ex = Exchange(request.request_id or new_request_id())
         try:
             if request.method == "CONNECT":
                 raise MethodNotAllowed("CONNECT is not served: authproxy is not an open proxy")

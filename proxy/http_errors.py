@@ -16,7 +16,6 @@ from proxy.errors import (
     UpstreamUnavailable,
     UriTooLong,
     VersionNotSupported,
-    error_answer,
 )
 from proxy.http1.errors import (
     Closed,
@@ -52,11 +51,6 @@ def client_refusal(exc: Http1Error) -> ProxyError:
     return BadRequest(exc.message)
 
 
-def refusal_answer(exc: Http1Error) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The contract's answer for a refusal made while parsing (the server's hook)."""
-    return error_answer(client_refusal(exc))
-
-
 def token_client_kind(exc: Http1Error) -> tuple[str, str]:
     """How a token endpoint exchange failed, as ``flows.client.ClientError`` kinds."""
     if isinstance(exc, Timeout):
@@ -72,4 +66,4 @@ def token_client_kind(exc: Http1Error) -> tuple[str, str]:
     return "cut", ""
 
 
-__all__ = ["client_refusal", "refusal_answer", "token_client_kind", "upstream_error"]
+__all__ = ["client_refusal", "token_client_kind", "upstream_error"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.config import model as c
-from proxy.proxying.route import auth_fingerprint
+from proxy.proxying.runtime import auth_fingerprint
 
 BASE = """
 routes:

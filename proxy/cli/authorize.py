@@ -37,7 +37,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.config.model import Config, RefreshTokenAuth, RouteConfig, TLSConfig
-from proxy.proxying.route import auth_fingerprint, ssl_context
+from proxy.proxying.runtime import auth_fingerprint, ssl_context
 from proxy.tokens.flows.client import TokenClient
 from proxy.tokens.flows.client_credentials import client_fields, form_fields, oauth2_token
 from proxy.tokens.flows.http import request_json

@@ -22,7 +22,7 @@ import re
 import sys
 import traceback
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 _CREDENTIAL = re.compile(
@@ -224,25 +224,15 @@ def setup(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
 # -- the access log ----------------------------------------------------------------
 
 
-class Exchange:
-    """What one request did, filled in by the forwarder, read by the access log."""
+class Exchanged(Protocol):
+    """What one request did, as the access log reads it (``proxying.exchange.Exchange``)."""
 
-    __slots__ = (
-        "request_id", "token_fetched", "replayed", "upstream_s", "bytes_in", "bytes_out",
-        "timed_out",
-    )  # fmt: skip
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        #: this request waited for a token fetch (no usable token was cached)
-        self.token_fetched = False
-        #: an upstream 401 made the proxy replay this request with a fresh token
-        self.replayed = False
-        self.upstream_s = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        #: the route's timeout ran out for this exchange
-        self.timed_out = False
+    request_id: str
+    token_fetched: bool
+    replayed: bool
+    upstream_s: float
+    bytes_in: int
+    bytes_out: int
 
 
 def access(
@@ -251,7 +241,7 @@ def access(
     path: str,
     status: int,
     seconds: float,
-    ex: Exchange,
+    ex: Exchanged,
     error: str,
 ) -> None:
     """One access-log line. ``path`` must be without its query string.

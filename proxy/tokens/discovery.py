@@ -123,7 +123,7 @@ def _endpoint(doc: dict[str, Any], name: str) -> str | None:
 
 def discover(routes: list[RouteConfig], error: Callable[[str, str], None]) -> list[RouteConfig]:
     """``routes`` with discovered endpoints filled in; problems go to ``error``."""
-    from proxy.proxying.route import ssl_context
+    from proxy.proxying.runtime import ssl_context
 
     out: list[RouteConfig] = []
     seen: dict[tuple[str | None, str | None], dict[str, Any] | str] = {}

@@ -29,7 +29,7 @@ async def connect_check(config: Config) -> tuple[list[str], list[str]]:
     ts = config.token_store
     if ts.type != "redis":
         return [f"token store {ts.type}: nothing to connect to"], []
-    from proxy.proxying.route import auth_fingerprint
+    from proxy.proxying.runtime import auth_fingerprint
     from proxy.tokens.stores.base import StoreError, TokenCodec
     from proxy.tokens.stores.redis_store import RedisStore
     from proxy.tokens.stores.redis_topology import name_error
