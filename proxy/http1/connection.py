@@ -13,7 +13,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from proxy.http1.errors import Http1Error, ProtocolError, TooLarge
+from proxy.http1.errors import Http1Error, LineTooLong, ProtocolError, TooLarge, VersionRefused
 from proxy.http1.flow import HIGH_WATER, LOW_WATER, Flow
 from proxy.http1.request import Request
 from proxy.http1.turns import ErrorAnswer, Handler, Settings, serve
@@ -204,7 +204,7 @@ class Connection(Flow):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self._max_field:
-            raise TooLarge("the request line is too long", status=414)
+            raise LineTooLong("the request line is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
@@ -264,7 +264,7 @@ class Connection(Flow):
             )
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
-            raise ProtocolError(f"HTTP/{version} is not supported here", status=505)
+            raise VersionRefused(f"HTTP/{version} is not supported here")
         req.version_10 = version_10 = version == "1.0"
         if version_10 and req.chunked:
             # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (an

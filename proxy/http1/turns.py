@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from proxy.http1.errors import Http1Error
+from proxy.http1.errors import HandlerFailed, Http1Error
 from proxy.http1.request import Channel, Request
 
 log = logging.getLogger("authproxy.server")
@@ -120,7 +120,7 @@ async def serve(self: Turn) -> None:
             except Exception:
                 log.exception("unexpected error in the request handler")
                 if not item.started and not self.lost:
-                    answer_error(self, Http1Error("internal error", status=500), item)
+                    answer_error(self, HandlerFailed("internal error"), item)
             if not _carry_on(self, item):
                 break
             if self.write_paused:
@@ -146,7 +146,7 @@ def _carry_on(self: Turn, item: Request) -> bool:
         return False
     if not item.finished:
         if not item.started:
-            answer_error(self, Http1Error("internal error", status=500), item)
+            answer_error(self, HandlerFailed("internal error"), item)
         else:  # cut mid-answer: the client must see it truncated
             self.abort()
             return False
