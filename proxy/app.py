@@ -301,6 +301,8 @@ class Proxy:
         if route is not None:
             route.count(method_label(request.method), status)
             route.m_duration.observe(elapsed)
+        else:  # refused before any route (no route, CONNECT, allow_from): route=""
+            self.metrics.requests.labels("", method_label(request.method), str(status)).inc()
         if access_log.isEnabledFor(logging.INFO):
             log_access(
                 route.name if route else "",
@@ -323,6 +325,7 @@ class Proxy:
         status, headers, body = error_answer(err)
         headers.append((b"X-Request-Id", ex.request_id.encode("latin-1", "replace")))
         request.error_code = err.code
+        ex.bytes_out = len(body)
         try:
             request.respond(status, headers, body, close=close)
         except ConnectionError:
