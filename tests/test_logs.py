@@ -564,3 +564,17 @@ def test_logfmt_quotes_escapes_and_scrubs_what_needs_it() -> None:
     assert doc["names"] == "a,b c"
     assert doc["api_key_header"] == "Authorization: Bearer ***"
     assert RFC3339_LOGFMT.match(doc["ts"]) and doc["level"] == "warning"
+
+
+def test_an_uncaught_exception_is_one_line_without_its_message() -> None:
+    code = (
+        "from proxy.telemetry import logs\n"
+        "logs.setup('text')\n"
+        "raise RuntimeError('https://x/?client_secret=uncaught-s3cret')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    [doc] = read_lines(out.stderr, "text")
+    assert doc["level"] == "critical" and doc["msg"] == "unhandled exception"
+    assert doc["exception"] == "RuntimeError" and "line 3" in doc["trace"]
+    assert "uncaught-s3cret" not in out.stderr and "Traceback" not in out.stderr

@@ -303,7 +303,7 @@ class TokenManager:
                 log.error(
                     "token store save failed (%s); using the token anyway",
                     type(err).__name__,
-                    extra={"route": self.route},
+                    extra={"route": self.route, "exception": type(err).__name__},
                 )
         if replacing:
             self._replacement = tok
@@ -324,7 +324,10 @@ class TokenManager:
             tok: Token | None = await self.store.load(self.key)
             return tok
         except Exception as exc:  # a store outage must not stop the proxy
-            log.warning("token store load failed: %s", type(exc).__name__)
+            name = type(exc).__name__
+            log.warning(
+                "token store load failed: %s", name, extra={"route": self.route, "exception": name}
+            )
             return None
 
     def _adoptable(self, stored: Token, previous: Token | None) -> bool:
