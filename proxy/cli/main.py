@@ -12,7 +12,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from proxy import __version__
-from proxy.config import model as configmod
+from proxy import config as configmod
 from proxy.telemetry import logs as logs
 
 log = logging.getLogger("authproxy")

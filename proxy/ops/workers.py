@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
-from proxy.config import model as configmod
+from proxy import config as configmod
 from proxy.telemetry.logs import startup_error
 
 log = logging.getLogger("authproxy.workers")
