@@ -32,6 +32,7 @@ from proxy import __version__
 from proxy.http1.egress import EgressConfig
 from proxy.http1.errors import ProtocolError, Timeout, TooLarge
 from proxy.http1.pool import Pool
+from proxy.http1.tls import client_context
 from proxy.http1.tunnel import Tunnel
 
 USER_AGENT = f"authproxy/{__version__}"
@@ -77,7 +78,7 @@ class TokenClient:
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
-            self._ssl = ssl.create_default_context()
+            self._ssl = client_context()
         return self._ssl
 
     async def request(
