@@ -104,10 +104,15 @@ async def test_three_workers_make_one_login_and_count_as_one(tmp_path: Path) -> 
             urls = [proxy.url + "/inv/invoices", proxy.url + "/b2b/products"]
             await load.run(urls, seconds=7.0, clients=3, fresh=True)
             # The in-flight gauges are written every second: wait for them to settle.
+            # The tokens are refreshed in the background all along (ttl 4 s): count
+            # the token endpoints' requests at the moment of the snapshot, not later.
             deadline = time.monotonic() + 20
             while True:
                 metrics = await proxy.metrics()
-                settled = metric_sum(metrics, "authproxy_inflight_requests") == 0
+                token_requests = len(inv.token_log) + len(b2b.token_log)
+                settled = metric_sum(metrics, "authproxy_inflight_requests") == 0 and (
+                    metric_sum(metrics, "authproxy_token_requests_total") == token_requests
+                )
                 if settled or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
@@ -131,7 +136,6 @@ async def test_three_workers_make_one_login_and_count_as_one(tmp_path: Path) -> 
     assert served == {0, 1, 2}
     # /metrics (worker 0's admin port) adds up all three workers
     assert metric_sum(metrics, "authproxy_requests_total") == load.ok
-    token_requests = len(inv.token_log) + len(b2b.token_log)
     assert metric_sum(metrics, "authproxy_token_requests_total") == token_requests
     assert metric_sum(metrics, "authproxy_inflight_requests") == 0
     # all gone: the workers, and the private store and metrics files
