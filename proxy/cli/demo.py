@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from proxy import config as configmod
 from proxy.app import Proxy, create_app
-from proxy.config import model as configmod
 
 #: the demo provider's access token lifetime, in (demo clock) seconds
 TOKEN_TTL = 60.0

@@ -12,7 +12,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from proxy import __version__
-from proxy.config import model as configmod
+from proxy import config as configmod
 from proxy.telemetry import logs as logs
 
 log = logging.getLogger("authproxy")
@@ -35,11 +35,8 @@ def _load(path: str | None) -> configmod.Config | None:
     try:
         return configmod.load(path)
     except configmod.ConfigError as exc:
-        print(
-            f"authproxy: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr
-        )
-        for problem in exc.problems:
-            print(f"  {problem.format(exc.source)}", file=sys.stderr)
+        details = [problem.format(exc.source) for problem in exc.problems]
+        logs.startup_error(f"invalid configuration ({len(details)} problem(s))", details)
         return None
 
 
@@ -53,12 +50,12 @@ async def _serve(config: configmod.Config, config_path: str, worker: int | None 
     try:
         proxy = create_app(config, reuse_port=worker is not None)
     except StoreError as exc:
-        print(f"authproxy: token store: {exc}", file=sys.stderr)
+        logs.startup_error(f"token store: {exc}")
         return EXIT_FAIL
     try:
         await proxy.start()
     except OSError as exc:
-        print(f"authproxy: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        logs.startup_error(f"cannot listen: {exc.strerror or exc}")
         await proxy.stop()
         return EXIT_FAIL
     except BaseException:

@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Callable
 
-from proxy.config import model as configmod
+from proxy import config as configmod
 from proxy.ops.view import Reloadable
 
 log = logging.getLogger("authproxy.reload")
@@ -155,6 +155,7 @@ class Reloader:
             log.error(
                 "config reload failed (%s), still serving the previous config",
                 type(exc).__name__,
+                extra={"exception": type(exc).__name__},
             )
             return False
         counter.labels("success").inc()

@@ -40,14 +40,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
-from proxy.config import model as configmod
+from proxy import config as configmod
+from proxy.telemetry.logs import startup_error
 
 log = logging.getLogger("authproxy.workers")
 
@@ -283,7 +283,7 @@ def supervise(config: configmod.Config, argv: Sequence[str], workers: int) -> in
     """Run ``argv`` (a ``serve`` command line) as ``workers`` processes."""
     reason = problem(config, workers)
     if reason is not None:
-        print(f"authproxy: {reason}", file=sys.stderr)
+        startup_error(reason)
         return EXIT_CONFIG
     return Supervisor(config, argv, workers).run()
 

@@ -21,9 +21,11 @@ from yarl import URL
 
 from proxy.clock import Clock
 from proxy.config.model import RouteConfig, StaticAuth, TLSConfig
+from proxy.config.tls import client_context
 from proxy.errors import TokenUnavailable
 from proxy.http1 import Pool as UpstreamPool
 from proxy.http1.tunnel import Tunnel
+from proxy.telemetry.throttle import Throttle
 from proxy.tokens.dpop import DPoPKey
 from proxy.tokens.events import TokenMetrics
 from proxy.tokens.flows import build_source
@@ -39,21 +41,7 @@ log = logging.getLogger("authproxy.route")
 
 def ssl_context(route: RouteConfig) -> ssl.SSLContext:
     """The TLS settings for the route's upstream and token endpoint."""
-    tls = route.tls
-    if not tls.verify:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.client_cert:
-        # An encrypted key must fail, never prompt on a terminal a daemon does not have.
-        ctx.load_cert_chain(tls.client_cert, tls.client_key, password=_no_password)
-    return ctx
-
-
-def _no_password() -> bytes:
-    return b""
+    return client_context(route.tls)
 
 
 def _header_line(name: str, value: str) -> bytes:
@@ -106,6 +94,8 @@ class RouteRuntime:
     ) -> None:
         self.config = config
         self.name = config.name
+        #: this route's failure warnings: one per interval and kind (see Throttle)
+        self.log_throttle = Throttle(clock=clock)
         up = URL(config.upstream)
         self.base_path = up.raw_path if up.raw_path.endswith("/") else up.raw_path + "/"
         ctx = ssl_context(config) if up.scheme == "https" or config.tls != TLSConfig() else None
