@@ -36,11 +36,12 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from proxy.config.model import Config, RefreshTokenAuth, RouteConfig, TLSConfig
-from proxy.proxying.route import auth_fingerprint, ssl_context
+from proxy.config.model import Config, RefreshTokenAuth, RouteConfig
+from proxy.http1.tls import context_for
 from proxy.tokens.flows.client import TokenClient
 from proxy.tokens.flows.client_credentials import client_fields, form_fields, oauth2_token
 from proxy.tokens.flows.http import request_json
+from proxy.tokens.keys import store_key
 from proxy.tokens.manager import Token, TokenFetchError
 from proxy.tokens.stores.base import StoreError, TokenStore, describe, open_store
 
@@ -53,11 +54,6 @@ class Outcome:
 
     ok: bool
     message: str
-
-
-def store_key(route: RouteConfig) -> str:
-    """The token store key of ``route``: the one ``RouteRuntime`` uses."""
-    return f"{route.name}:{auth_fingerprint(route)}"
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -309,7 +305,7 @@ async def _exchange(
         fields["code_verifier"] = verifier
     form = form_fields(fields)
     up = URL(auth.token_url)
-    ctx = ssl_context(route) if up.scheme == "https" or route.tls != TLSConfig() else None
+    ctx = context_for(route.tls, https=up.scheme == "https")
     client = TokenClient(
         ssl_context=ctx,
         timeout=route.token_timeout,
