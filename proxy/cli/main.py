@@ -169,7 +169,7 @@ async def _token(config: configmod.Config, route_name: str, show: bool) -> int:
 
     from proxy.clock import SystemClock
     from proxy.errors import ProxyError
-    from proxy.proxying.route import RouteRuntime
+    from proxy.proxying.runtime import RouteRuntime
     from proxy.telemetry.metrics import Metrics
     from proxy.tokens.stores.base import StoreError, open_store
 
