@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Required, TypedDict
 
 from proxy.ops.view import ProxyView
-from proxy.proxying.route import RouteRuntime
+from proxy.proxying.runtime import RouteRuntime
 from proxy.telemetry.recent import Recent
 from proxy.tokens.manager import TokenManager
 

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from proxy.clock import Clock
 from proxy.config.model import Config
-from proxy.proxying.route import RouteRuntime
+from proxy.proxying.runtime import RouteRuntime
 from proxy.telemetry.metrics import Metrics
 from proxy.tokens.stores.base import TokenStore
 
