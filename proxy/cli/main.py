@@ -103,13 +103,10 @@ async def _serve(config: configmod.Config, config_path: str, worker: int | None 
     if worker is None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, now)
-    else:
-        # A worker may get SIGTERM twice for one stop (systemd signals the whole
-        # cgroup, and the supervisor passes it on): only SIGUSR1, which the
-        # supervisor sends for a second stop, means "now".
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: None)
-        loop.add_signal_handler(signal.SIGUSR1, now)
+    else:  # only SIGUSR1, the supervisor's second stop, means "now" to a worker
+        from proxy.ops.workers import cut_on_sigusr1
+
+        cut_on_sigusr1(loop, now)
     try:
         await stopping
     except asyncio.CancelledError:
