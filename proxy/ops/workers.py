@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from proxy.config import model as configmod
+from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 
 log = logging.getLogger("authproxy.workers")
 
@@ -58,7 +59,6 @@ ENV_SUPERVISOR = "AUTHPROXY_SUPERVISOR_PID"
 START_GRACE = 3.0
 #: restarts of one worker are at least this far apart
 _RESTART_DELAY = 1.0
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 
 def problem(config: configmod.Config, workers: int) -> str | None:
