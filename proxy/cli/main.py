@@ -1,60 +1,32 @@
 """The ``authproxy`` command: its parser, and the dispatch to each subcommand.
 
-Each subcommand lives in its own module and is imported only when it runs, so
-that ``--help`` and ``healthcheck`` start fast and ``serve`` never loads what
+Each subcommand lives in its own module, ``proxy.cli.<command>``, with a
+``command(args)`` that returns the exit status. It is imported only when it runs,
+so that ``--help`` and ``healthcheck`` start fast and ``serve`` never loads what
 ``authorize`` and ``demo`` need (aiohttp). Each shows only the options it uses.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TypeAlias
 
 from proxy import __version__
 from proxy.cli.common import add_config, add_logging
 from proxy.exit_codes import EXIT_FAIL, EXIT_INTERRUPTED
 
-Command = Callable[[argparse.Namespace], int]
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from proxy.cli import serve
-
-    return serve.command(args)
-
-
-def _check(args: argparse.Namespace) -> int:
-    from proxy.cli import check
-
-    return check.command(args)
-
-
-def _token(args: argparse.Namespace) -> int:
-    from proxy.cli import token
-
-    return token.command(args)
-
-
-def _authorize(args: argparse.Namespace) -> int:
-    from proxy.cli import authorize
-
-    return authorize.command(args)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from proxy.cli import demo
-
-    return demo.command(args)
-
-
-def _healthcheck(args: argparse.Namespace) -> int:
-    from proxy.cli import healthcheck
-
-    return healthcheck.command(args)
+def _dispatch(args: argparse.Namespace) -> int:
+    """Import the command's module, ``proxy.cli.<command>``, only now, and run it."""
+    module = importlib.import_module(f"proxy.cli.{args.command}")
+    code: int = module.command(args)
+    return code
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -69,7 +41,6 @@ class _Formatter(argparse.HelpFormatter):
 def _command(
     sub: _Sub,
     name: str,
-    run: Command,
     summary: str,
     description: str,
     examples: str,
@@ -81,7 +52,6 @@ def _command(
         epilog="examples:\n" + examples,
         formatter_class=_Formatter,
     )
-    p.set_defaults(func=run)
     return p
 
 
@@ -89,7 +59,6 @@ def _add_serve(sub: _Sub) -> None:
     p = _command(
         sub,
         "serve",
-        _serve,
         "run the proxy",
         "Run the proxy and its admin port until SIGTERM or SIGINT (the first drains "
         "in-flight requests for shutdown_grace, a second cuts them). SIGHUP, or a "
@@ -116,7 +85,6 @@ def _add_check(sub: _Sub) -> None:
     p = _command(
         sub,
         "check",
-        _check,
         "validate the config and resolve its secrets (exit 0, or 2)",
         "Read the config, resolve every ${env:} and ${file:} secret, and report every "
         "problem with its key and line. Exit 0 when it is valid, 2 when it is not, 1 "
@@ -142,7 +110,6 @@ def _add_token(sub: _Sub) -> None:
     p = _command(
         sub,
         "token",
-        _token,
         "obtain a token for ROUTE and print its expiry",
         "Obtain a token for ROUTE as the proxy would (from the token store, else from "
         "the provider) and print its source and expiry; the token itself only with "
@@ -161,7 +128,6 @@ def _add_authorize(sub: _Sub) -> None:
     p = _command(
         sub,
         "authorize",
-        _authorize,
         "one-time OAuth2 consent for ROUTE; stores the refresh token",
         "For an oauth2_refresh_token ROUTE: print the provider's authorization URL, "
         "wait on the route's loopback redirect_uri for the callback, exchange the code "
@@ -186,7 +152,6 @@ def _add_demo(sub: _Sub) -> None:
     p = _command(
         sub,
         "demo",
-        _demo,
         "run a built-in provider and the proxy, and show a request flow",
         "Start a small token provider and the real proxy in front of it, on loopback "
         "only (no config, no network), and walk through login, caching, early refresh, "
@@ -202,7 +167,6 @@ def _add_healthcheck(sub: _Sub) -> None:
     p = _command(
         sub,
         "healthcheck",
-        _healthcheck,
         "ask a running authproxy's admin port whether it is healthy (exit 0, or 1)",
         "GET /healthz (or /readyz with --ready) on the admin_listen address of the "
         "config, on loopback when it listens on every interface. Exit 0 on a 200, 1 on "
@@ -244,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             args = parser().parse_args(argv)
-            code: int = args.func(args)
+            code = _dispatch(args)
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         finally:

@@ -52,7 +52,6 @@ async def serve(config: configmod.Config, path: str, worker: int | None = None) 
     proxy = await _start(config, worker)
     if proxy is None:
         return EXIT_FAIL
-    sd_notify.notify("READY=1")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOPS:
@@ -62,6 +61,8 @@ async def serve(config: configmod.Config, path: str, worker: int | None = None) 
     reloader = _reloader(proxy, path, worker)
     loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
     reloader.start()
+    # Only now: a stop asked for right after READY=1 must find its handler.
+    sd_notify.notify("READY=1")
     await stop.wait()
     sd_notify.notify("STOPPING=1")
     log.info(

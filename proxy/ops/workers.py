@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
+from proxy import sd_notify
 from proxy.config import model as configmod
 from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 
@@ -147,6 +148,8 @@ class Supervisor:
         self.env.pop(ENV_STORE, None)
         if needs_shared_store(config):
             self.env[ENV_STORE] = os.path.join(self._dir, "tokens.json")
+        #: under systemd, the workers' $NOTIFY_SOCKET: READY=1 once all of them say it
+        self.relay = sd_notify.Relay.for_workers(self.env, self._dir)
 
     def _spawn(self, index: int) -> _Worker:
         env = {**self.env, ENV_INDEX: str(index)}
@@ -187,6 +190,8 @@ class Supervisor:
             self._send(signal.SIGKILL)
             for w in self.workers:
                 w.proc.wait()
+            if self.relay is not None:
+                self.relay.close()
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def _watch(self) -> int:
@@ -196,6 +201,7 @@ class Supervisor:
             if self.signals > sent:
                 if sent == 0:
                     log.info("stopping the workers")
+                    sd_notify.notify("STOPPING=1")
                     self._send(signal.SIGTERM)
                 else:
                     log.warning("second signal: stopping the workers now")
@@ -234,6 +240,8 @@ class Supervisor:
                 time.sleep(_RESTART_DELAY)
                 self.workers[i] = self._spawn(w.index)
                 alive += 1
+            if self.relay is not None and not sent:
+                self.relay.all_ready(w.proc.pid for w in self.workers)
             if sent and alive == 0:
                 log.info("all workers stopped")
                 return EXIT_FAIL if failed else EXIT_OK
