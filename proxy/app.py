@@ -282,7 +282,7 @@ class Proxy:
                 err.route = route.name
             self.metrics.proxy_errors.labels(route.name if route else "", err.code).inc()
             if err.status >= 500:
-                log.warning("%s: %s", err.code, err.message, extra={"route": err.route or ""})
+                self._warn(route, err)
             # The connection ends with a 413 or 408: the rest of the body is not read.
             self._answer_error(request, err, ex, close=err.status in (408, 413))
         except Exception as exc:
@@ -309,6 +309,24 @@ class Proxy:
                 elapsed,
                 ex,
                 request.error_code,
+            )
+
+    @staticmethod
+    def _warn(route: RouteRuntime | None, err: ProxyError) -> None:
+        """A 5xx the proxy answered itself: one warning per interval, route and code.
+
+        A token endpoint's failure is not repeated here: the token manager logged it
+        (see TokenManager._fail), and each request's ``error`` is in its access line.
+        """
+        if err.code in ("token_unavailable", "token_backoff"):
+            return
+        fields = {"route": err.route or "", "error": err.code}
+        if route is None:
+            log.warning("%s: %s", err.code, err.message, extra=fields)
+        else:
+            key = (err.code,)
+            route.log_throttle.log(
+                log, logging.WARNING, key, "%s: %s", err.code, err.message, extra=fields
             )
 
     @staticmethod

@@ -159,9 +159,7 @@ def test_layering_cycles_and_sizes() -> None:
     new = sorted(found - allowed)
     fixed = sorted(allowed - found)
     assert not new, "new layout problems:\n" + "\n".join(new)
-    assert not fixed, "these hold now; delete them from layout_exceptions.txt:\n" + "\n".join(
-        fixed
-    )
+    assert not fixed, "these hold now; delete them from layout_exceptions.txt:\n" + "\n".join(fixed)
 
 
 def test_the_walk_sees_a_cycle_and_an_upward_edge(tmp_path: Path) -> None:

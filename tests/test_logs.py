@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import logging
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +276,8 @@ def test_exceptions_are_logged_by_type_and_frames_not_message() -> None:
             "authproxy", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
         )
     doc = json.loads(logs.JsonFormatter().format(record))
-    assert doc["error"] == "ValueError" and "test_logs.py" in doc["trace"]
+    assert doc["exception"] == "ValueError" and "test_logs.py" in doc["trace"]
+    assert "error" not in doc  # a contract code only, never an exception type
     assert "s3cr3t" not in json.dumps(doc)
     assert "s3cr3t" not in logs.TextFormatter().format(record)
 
@@ -283,8 +289,69 @@ def free_port() -> int:
         return port
 
 
+# -- what a reader of stderr gets: a strict logfmt parse, json.loads ----------------
+
+_PAIR = re.compile(r'([A-Za-z0-9_.\-]+)=("(?:[^"\\]|\\.)*"|[^\s"=\\]*)(?: (?=\S)|$)')
+RFC3339_JSON = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
+RFC3339_LOGFMT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """``key=value`` pairs split by one space; a quoted value is a JSON string
+    (strict: a raw control character or a bad escape fails); no key twice."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(line):
+        m = _PAIR.match(line, pos)
+        assert m, f"not logfmt at column {pos}: {line!r}"
+        key, raw = m.groups()
+        assert key not in out, f"{key} twice in {line!r}"
+        out[key] = json.loads(raw) if raw.startswith('"') else raw
+        pos = m.end()
+    return out
+
+
+def read_lines(text: str, fmt: str) -> list[dict[str, Any]]:
+    """Every stderr line as a document; each must parse, and begin ts, level, logger, msg."""
+    docs: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        doc = json.loads(line) if fmt == "json" else parse_logfmt(line)
+        assert list(doc)[:4] == ["ts", "level", "logger", "msg"], line
+        ts = RFC3339_JSON if fmt == "json" else RFC3339_LOGFMT
+        assert ts.match(doc["ts"]), doc["ts"]
+        assert datetime.fromisoformat(doc["ts"]).utcoffset() == timedelta(0)
+        docs.append(doc)
+    return docs
+
+
+async def wait_healthy(http: aiohttp.ClientSession, admin: int, proc: Any) -> None:
+    """Until the admin port answers /healthz (or fail, if the process died first)."""
+    deadline = time.monotonic() + 20
+    while True:
+        assert proc.returncode is None, "authproxy exited while starting"
+        try:
+            async with http.get(f"http://127.0.0.1:{admin}/healthz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        assert time.monotonic() < deadline, "authproxy did not become healthy in 20 s"
+        await asyncio.sleep(0.05)
+
+
+async def start_serve(cfg: Path, fmt: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--log-format", fmt, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
 async def test_serve_process_debug_stderr_carries_no_secret(
-    echo: Echo, tmp_path: Path, http: aiohttp.ClientSession
+    echo: Echo, tmp_path: Path, http: aiohttp.ClientSession, fmt: str
 ) -> None:
     inv = InvoiceNg(api_key=INV_KEY, token_ttl=3)  # real clock: expires, then refreshes
     b2b = B2B(password=B2B_PASSWORD, access_ttl=3)
@@ -297,20 +364,11 @@ async def test_serve_process_debug_stderr_carries_no_secret(
             + config_yaml(u1, u2, u3, echo.url)
             + "defaults: {refresh_before: 2s}\n"
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--log-level", "debug",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1", "PYTHONASYNCIODEBUG": "1"},
-        )  # fmt: skip
+        env = {**ENV, "PYTHONASYNCIODEBUG": "1"}
+        proc = await start_serve(cfg, fmt, "--log-level", "debug", env=env)
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(200):
-                try:
-                    async with http.get(f"http://127.0.0.1:{admin}/healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
+            await wait_healthy(http, admin, proc)
             h = {"Authorization": CLIENT_AUTH, "Cookie": CLIENT_COOKIE}
             for path in ("/inv/a", "/b2b/api/v1/x", "/gp/a", "/static/a", "/bad/a"):
                 await call(http, "GET", f"{url}{path}?{QUERY}", headers=h)
@@ -327,9 +385,196 @@ async def test_serve_process_debug_stderr_carries_no_secret(
         assert proc.returncode == 0
         assert inv.refreshes >= 1 and b2b.refreshes >= 1 and gp.logins >= 2
         text = stderr.decode() + stdout.decode()
-        lines = [line for line in text.splitlines() if line.strip()]
-        assert all(line.startswith("{") for line in lines), "not one JSON object per line"
-        docs = [json.loads(line) for line in lines]
+        docs = read_lines(text, fmt)  # every line: one JSON object, or one logfmt line
         assert any(d["level"] == "debug" for d in docs)
-        assert sum(d["logger"] == "authproxy.access" for d in docs) == 8
+        access = [d for d in docs if d["logger"] == "authproxy.access"]
+        assert len(access) == 8
+        assert {str(d["status"]) for d in access} >= {"200", "502"}
         assert_clean(text, inv, b2b, gp)
+
+
+def route_yaml(name: str, upstream: str, auth: str = "{type: none}") -> str:
+    return f"  {name}:\n    prefix: /{name}/\n    upstream: {upstream}\n    auth: {auth}\n"
+
+
+def gp_auth(gp_url: str) -> str:
+    return (
+        f"{{preset: getpaid, client_id: getpaid-test-client-id, client_secret: '${{env:GPS}}', "
+        f"token_url: {gp_url}/oauth/token}}"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_a_failing_upstream_is_logged_once_per_interval_not_per_request(
+    echo: Echo, tmp_path: Path, http: aiohttp.ClientSession, fmt: str
+) -> None:
+    """A closed upstream port and a token endpoint answering 500: 6 requests each, and
+    each failure is one warning per 10 s, whatever the requests; every request has
+    its access line, with the answer's status and the contract's error code."""
+    gp = GetPaid(client_secret=GP_SECRET)
+    gp.always_fault = Fault(status=500)
+    async with serve(gp) as gp_url:
+        port, admin = free_port(), free_port()
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(
+            f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nroutes:\n"
+            + route_yaml("down", f"http://127.0.0.1:{free_port()}/")
+            + route_yaml("tok", f"{echo.url}/", gp_auth(gp_url))
+            + route_yaml("ok", f"{echo.url}/")
+        )
+        proc = await start_serve(cfg, fmt, env={"GPS": GP_SECRET})
+        n = 6
+        try:
+            await wait_healthy(http, admin, proc)
+            for _ in range(n):
+                for name in ("down", "tok", "ok"):
+                    await call(http, "GET", f"http://127.0.0.1:{port}/{name}/x")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(proc.communicate(), timeout=15)
+    docs = read_lines(stderr.decode(), fmt)
+    access = {name: [d for d in docs if d["logger"] == "authproxy.access" and d["route"] == name]
+              for name in ("down", "tok", "ok")}  # fmt: skip
+    assert [(str(d["status"]), d["error"]) for d in access["down"]] == [
+        ("502", "upstream_unavailable")
+    ] * n
+    assert [str(d["status"]) for d in access["ok"]] == ["200"] * n
+    assert all(d["error"] in ("", None) for d in access["ok"])
+    assert {d["error"] for d in access["tok"]} <= {"token_unavailable", "token_backoff"}
+    assert {str(d["status"]) for d in access["tok"]} <= {"502", "503"}
+
+    upstream = [d for d in docs if d["logger"] == "authproxy" and d.get("route") == "down"]
+    assert upstream, "the failing upstream was not logged at all"
+    assert all(d["error"] == "upstream_unavailable" and d["level"] == "warning" for d in upstream)
+    assert "status" not in upstream[0]  # the answer's status is the access line's
+    assert_throttled(upstream, n)
+
+    token = [d for d in docs if d.get("event") == "failed" and d.get("route") == "tok"]
+    assert token, "the failing token endpoint was not logged at all"
+    assert all(str(d["token_status"]) == "500" and "status" not in d for d in token)
+    assert_throttled(token, n + 1)  # the first attempt is at start-up
+    # The proxy's own answer to a token failure is not a second warning per request.
+    repeated = [d for d in docs if d["logger"] == "authproxy" and d.get("route") == "tok"
+                and str(d.get("error", "")).startswith("token_")]  # fmt: skip
+    assert repeated == []
+
+
+def assert_throttled(lines: list[dict[str, Any]], at_most: int) -> None:
+    """At most one line per 10 s; each says how many were left out before it."""
+    stamps = [datetime.fromisoformat(d["ts"]) for d in lines]
+    assert all((b - a).total_seconds() >= 9.999 for a, b in itertools.pairwise(stamps)), stamps
+    assert str(lines[0]["suppressed"]) == "0"
+    assert len(lines) + sum(int(d["suppressed"]) for d in lines) <= at_most
+
+
+async def test_the_next_line_after_the_interval_counts_those_left_out(
+    echo: Echo, start_proxy: Any, http: aiohttp.ClientSession, clock: ManualClock,
+    captured: tuple[Raw, io.StringIO],
+) -> None:  # fmt: skip
+    _, out = captured
+    proxy = await start_proxy(
+        "routes:\n" + route_yaml("down", f"http://127.0.0.1:{free_port()}/"), clock=clock
+    )
+
+    def warnings() -> list[dict[str, Any]]:
+        docs = [json.loads(line) for line in out.getvalue().splitlines()]
+        return [d for d in docs if d["logger"] == "authproxy" and d.get("route") == "down"]
+
+    for _ in range(5):
+        assert (await call(http, "GET", proxy.url + "/down/x"))[0] == 502
+    assert [d["suppressed"] for d in warnings()] == [0]
+    clock.advance(9.9)
+    assert (await call(http, "GET", proxy.url + "/down/x"))[0] == 502
+    assert len(warnings()) == 1
+    clock.advance(0.2)  # 10.1 s after the first line: a new window
+    assert (await call(http, "GET", proxy.url + "/down/x"))[0] == 502
+    assert [d["suppressed"] for d in warnings()] == [0, 5]
+    assert warnings()[1]["msg"].startswith("upstream_unavailable: cannot connect")
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_an_invalid_config_at_start_is_one_line(tmp_path: Path, fmt: str) -> None:
+    """An unreadable secret file and an unknown key: one line listing both, exit 2."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nroutes:\n"
+        "  a:\n    upstream: http://127.0.0.1:9/\n    colour: blue\n"
+        f"    auth: {{type: static, header: X-Key, value: '${{file:{tmp_path}/missing}}'}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--log-format", fmt],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    [doc] = read_lines(out.stderr, fmt)
+    assert doc["level"] == "error" and doc["logger"] == "authproxy"
+    assert str(doc["problems"]) == "2"
+    assert doc["msg"].startswith("invalid configuration (2 problem(s)): ")
+    assert "routes.a.colour: unknown key" in doc["msg"]
+    assert f"cannot read secret file {tmp_path}/missing" in doc["msg"]
+
+
+def test_a_port_in_use_at_start_is_one_json_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(
+            f"listen: 127.0.0.1:{busy.getsockname()[1]}\nadmin_listen: 127.0.0.1:0\n"
+            "routes:\n  a: {upstream: 'http://127.0.0.1:9/', auth: {type: none}}\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", "-c", str(cfg)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 1
+    docs = read_lines(out.stderr, "json")
+    errors = [d for d in docs if d["level"] == "error"]
+    assert len(errors) == 1 and errors[0]["msg"].startswith("cannot listen: ")
+    assert "address already in use" in errors[0]["msg"].lower()
+
+
+def test_logfmt_quotes_escapes_and_scrubs_what_needs_it() -> None:
+    from proxy.config.model import parse
+
+    logs.remember_secrets(
+        parse(
+            "routes:\n  s: {prefix: /s/, upstream: http://h/, "
+            "auth: {type: static, header: X, value: '${env:V}'}}\n",
+            {"V": "logfmt-secret-value-9a1"},
+        )
+    )
+    record = logging.LogRecord(
+        "authproxy", logging.WARNING, __file__, 1, 'said "%s" twice', ("logfmt-secret-value-9a1",),
+        None,
+    )  # fmt: skip
+    record.detail = 'a=b "q" back\\slash\nnew line\ttab \x1b[31m bell\x07 \u2028 end'
+    record.empty = ""
+    record.nothing = None
+    record.flag = True
+    record.names = ["a", "b c"]
+    record.api_key_header = "Authorization: Bearer abc.def.ghi"
+    line = logs.TextFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line and "\u2028" not in line
+    assert "logfmt-secret-value-9a1" not in line and "abc.def.ghi" not in line
+    doc = parse_logfmt(line)
+    assert doc["msg"] == 'said "***" twice'
+    assert doc["detail"] == 'a=b "q" back\\slash\nnew line\ttab \x1b[31m bell\x07 \u2028 end'
+    assert doc["empty"] == "" and doc["nothing"] == "" and doc["flag"] == "true"
+    assert doc["names"] == "a,b c"
+    assert doc["api_key_header"] == "Authorization: Bearer ***"
+    assert RFC3339_LOGFMT.match(doc["ts"]) and doc["level"] == "warning"
+
+
+def test_an_uncaught_exception_is_one_line_without_its_message() -> None:
+    code = (
+        "from proxy.telemetry import logs\n"
+        "logs.setup('text')\n"
+        "raise RuntimeError('https://x/?client_secret=uncaught-s3cret')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    [doc] = read_lines(out.stderr, "text")
+    assert doc["level"] == "critical" and doc["msg"] == "unhandled exception"
+    assert doc["exception"] == "RuntimeError" and "line 3" in doc["trace"]
+    assert "uncaught-s3cret" not in out.stderr and "Traceback" not in out.stderr

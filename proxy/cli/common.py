@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Coroutine
 from typing import Any
 
 from proxy.config import model as configmod
+from proxy.telemetry import logs as logs
 
 #: the ``-c`` option's text, the same in every command that reads a config
 CONFIG_HELP = "config file (default: $AUTHPROXY_CONFIG, then ./config.yaml)"
@@ -50,14 +50,11 @@ def config_path(option: str | None) -> str:
 
 def load(path: str | None) -> configmod.Config | None:
     """The config at ``path`` (see :func:`config_path`), or None once every
-    problem in it is printed on stderr."""
+    problem in it is told (:func:`proxy.telemetry.logs.startup_error`)."""
     path = config_path(path)
     try:
         return configmod.load(path)
     except configmod.ConfigError as exc:
-        print(
-            f"authproxy: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr
-        )
-        for problem in exc.problems:
-            print(f"  {problem.format(exc.source)}", file=sys.stderr)
+        details = [problem.format(exc.source) for problem in exc.problems]
+        logs.startup_error(f"invalid configuration ({len(details)} problem(s))", details)
         return None

@@ -78,12 +78,12 @@ async def _start(config: configmod.Config, worker: int | None) -> Proxy | None:
     try:
         proxy = create_app(config, reuse_port=worker is not None)
     except StoreError as exc:
-        print(f"authproxy: token store: {exc}", file=sys.stderr)
+        logs.startup_error(f"token store: {exc}")
         return None
     try:
         await proxy.start()
     except OSError as exc:
-        print(f"authproxy: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        logs.startup_error(f"cannot listen: {exc.strerror or exc}")
         await proxy.stop()
         return None
     except BaseException:

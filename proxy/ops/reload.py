@@ -158,6 +158,7 @@ class Reloader:
             log.error(
                 "config reload failed (%s), still serving the previous config",
                 type(exc).__name__,
+                extra={"exception": type(exc).__name__},
             )
             return False
         counter.labels("success").inc()

@@ -39,7 +39,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ from types import FrameType
 from proxy import sd_notify
 from proxy.config import model as configmod
 from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
+from proxy.telemetry.logs import startup_error
 
 log = logging.getLogger("authproxy.workers")
 
@@ -267,7 +267,7 @@ def supervise(config: configmod.Config, argv: Sequence[str], workers: int) -> in
     """Run ``argv`` (a ``serve`` command line) as ``workers`` processes."""
     reason = problem(config, workers)
     if reason is not None:
-        print(f"authproxy: {reason}", file=sys.stderr)
+        startup_error(reason)
         return EXIT_CONFIG
     return Supervisor(config, argv, workers).run()
 

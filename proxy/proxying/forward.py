@@ -291,7 +291,10 @@ def _send_failed(exc: Http1Error, route: RouteRuntime, streamed: StreamedBody | 
 def _cut(request: Request, route: RouteRuntime, why: str) -> None:
     """Headers are gone already: the only honest signal left is to cut the
     connection, so the client sees a truncated answer, never a complete one."""
-    log.warning("stream aborted mid-answer: %s", why, extra={"route": route.name})
+    route.log_throttle.log(
+        log, logging.WARNING, ("stream_aborted",), "stream aborted mid-answer: %s", why,
+        extra={"route": route.name},
+    )  # fmt: skip
     transport = request.transport
     if transport is not None:
         transport.abort()

@@ -4,7 +4,8 @@ A 400/414/431 given while parsing (an oversized head, a garbage request line, a
 Transfer-Encoding other than chunked, a smuggling shape) and a connection the
 kernel could not hand over (out of file descriptors) are what a hostile or broken
 client looks like from here; a flood of them must not flood the log too. Each kind
-logs at most one line per ``_EVERY`` seconds, saying how many were not logged.
+logs at most one line per 10 s (:class:`~proxy.telemetry.throttle.Throttle`), with
+``suppressed``: how many were not logged before it.
 """
 
 from __future__ import annotations
@@ -14,35 +15,17 @@ import errno
 import logging
 import os
 import resource
-import time
 from typing import Any
 
 from proxy.http1 import Http1Error, Server
 from proxy.http_errors import client_refusal
 from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.throttle import Throttle
 
 log = logging.getLogger("authproxy.server")
 
-_EVERY = 10.0
 #: accept() failures that mean "out of descriptors or memory", not a bug
 _RESOURCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-class _Limiter:
-    __slots__ = ("last", "skipped")
-
-    def __init__(self) -> None:
-        self.last = -_EVERY
-        self.skipped = 0
-
-    def allow(self) -> int | None:
-        """None: do not log now; else how many were skipped since the last line."""
-        now = time.monotonic()
-        if now - self.last < _EVERY:
-            self.skipped += 1
-            return None
-        skipped, self.skipped, self.last = self.skipped, 0, now
-        return skipped
 
 
 class Refusals:
@@ -50,23 +33,17 @@ class Refusals:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._parse = _Limiter()
-        self._accept = _Limiter()
+        self._throttle = Throttle()
         self.accept_errors = 0
 
     def on_refused(self, err: Http1Error, peer: str | None) -> None:
         code = client_refusal(err).code
         self.metrics.proxy_errors.labels("", code).inc()
-        skipped = self._parse.allow()
-        if skipped is not None:
-            more = f" ({skipped} more not logged)" if skipped else ""
-            log.warning(
-                "refused a request while parsing it: %s (%d)%s",
-                err.message,
-                err.status,
-                more,
-                extra={"route": "", "client": peer or "unix"},
-            )
+        self._throttle.log(
+            log, logging.WARNING, ("parse",),
+            "refused a request while parsing it: %s (%d)", err.message, err.status,
+            extra={"route": "", "status": err.status, "error": code, "client": peer or "unix"},
+        )  # fmt: skip
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Catch accept() failures (out of fds): asyncio and uvloop report them to the
@@ -107,16 +84,13 @@ class Refusals:
     def accept_failed(self, exc: OSError) -> None:
         self.accept_errors += 1
         self.metrics.proxy_errors.labels("", "accept_failed").inc()
-        skipped = self._accept.allow()
-        if skipped is not None:
-            more = f" ({skipped} more not logged)" if skipped else ""
-            log.error(
-                "cannot accept a connection: %s; new clients are refused until "
-                "descriptors are free (raise the fd limit, or lower max_concurrent)%s",
-                exc.strerror or exc,
-                more,
-                extra={"route": ""},
-            )
+        self._throttle.log(
+            log, logging.ERROR, ("accept",),
+            "cannot accept a connection: %s; new clients are refused until "
+            "descriptors are free (raise the fd limit, or lower max_concurrent)",
+            exc.strerror or exc,
+            extra={"route": ""},
+        )  # fmt: skip
 
 
 __all__ = ["Refusals"]

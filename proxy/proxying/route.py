@@ -24,6 +24,7 @@ from proxy.config.model import RouteConfig, StaticAuth, TLSConfig
 from proxy.errors import TokenUnavailable
 from proxy.http1 import Pool as UpstreamPool
 from proxy.http1.tunnel import Tunnel
+from proxy.telemetry.throttle import Throttle
 from proxy.tokens.dpop import DPoPKey
 from proxy.tokens.events import TokenMetrics
 from proxy.tokens.flows import build_source
@@ -106,6 +107,8 @@ class RouteRuntime:
     ) -> None:
         self.config = config
         self.name = config.name
+        #: this route's failure warnings: one per interval and kind (see Throttle)
+        self.log_throttle = Throttle(clock=clock)
         up = URL(config.upstream)
         self.base_path = up.raw_path if up.raw_path.endswith("/") else up.raw_path + "/"
         ctx = ssl_context(config) if up.scheme == "https" or config.tls != TLSConfig() else None

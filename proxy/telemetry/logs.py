@@ -1,4 +1,4 @@
-"""Logging: one JSON object per line (or plain text), and nothing secret in it.
+"""Logging: one JSON object per line (or logfmt), and nothing secret in it.
 
 Log calls pass structured fields with ``extra={...}``; the formatters print
 them. Secrets never reach a log call in the first place (tokens are masked in
@@ -21,8 +21,12 @@ import logging
 import re
 import sys
 import traceback
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from types import TracebackType
+from typing import TextIO
+
+from proxy.telemetry import logfmt
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 _CREDENTIAL = re.compile(
@@ -33,6 +37,7 @@ _CREDENTIAL = re.compile(
 _PLAIN = frozenset({
     "route", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms",
     "token_fetched", "replayed", "error", "event", "source", "grant", "expires_in",
+    "token_status", "suppressed", "problems",
 })  # fmt: skip
 #: secrets shorter than this are not scrubbed by value: they would mangle ordinary words
 _MIN_SECRET = 6
@@ -58,7 +63,7 @@ def redact(text: str) -> str:
     return text
 
 
-def remember_secrets(config: Any) -> None:
+def remember_secrets(config: object) -> None:
     """Remember every ``Secret`` in ``config`` so that no log line can ever carry one.
 
     Called for every config loaded, at start and on reload.
@@ -67,7 +72,7 @@ def remember_secrets(config: Any) -> None:
 
     found: set[str] = set()
 
-    def walk(value: Any) -> None:
+    def walk(value: object) -> None:
         if isinstance(value, Secret):
             if len(value) >= _MIN_SECRET:
                 found.add(str(value))
@@ -88,7 +93,7 @@ def remember_secrets(config: Any) -> None:
     _secrets = tuple(sorted(found.union(_secrets), key=len, reverse=True))
 
 
-def _scrub(value: Any) -> Any:
+def _scrub(value: object) -> object:
     """``value`` with every string in it redacted (before encoding, so JSON stays valid)."""
     if isinstance(value, str):
         return redact(value)
@@ -101,7 +106,7 @@ def _scrub(value: Any) -> Any:
     return redact(str(value))
 
 
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
+def _fields(record: logging.LogRecord) -> dict[str, object]:
     d = record.__dict__
     # A set difference runs in C; the record has ~20 standard attributes to skip.
     extra = d.keys() - _STANDARD
@@ -114,14 +119,14 @@ _ts_second = -1
 _ts_prefix = ""
 
 
-def _timestamp(created: float) -> str:
-    """ISO 8601 UTC with milliseconds; the date part is formatted once per second."""
+def _timestamp(created: float, utc: str = "+00:00") -> str:
+    """RFC 3339, UTC, with milliseconds; the date part is formatted once per second."""
     global _ts_second, _ts_prefix
     second = int(created)
     if second != _ts_second:
         _ts_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _ts_second = second
-    return f"{_ts_prefix}.{int((created - second) * 1000):03d}+00:00"
+    return f"{_ts_prefix}.{int((created - second) * 1000):03d}{utc}"
 
 
 def _exception(record: logging.LogRecord) -> dict[str, str]:
@@ -129,7 +134,7 @@ def _exception(record: logging.LogRecord) -> dict[str, str]:
     if not record.exc_info or record.exc_info[0] is None:
         return {}
     etype, _, tb = record.exc_info
-    out = {"error": etype.__name__}
+    out = {"exception": etype.__name__}
     if tb is not None:
         out["trace"] = "".join(traceback.format_tb(tb)).rstrip()
     return out
@@ -147,70 +152,63 @@ _ACCESS_FREE = frozenset({"method", "path", "request_id"})
 WORKER: int | None = None
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, then the record's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        if record.name == "authproxy.access" and not record.exc_info:
-            return self._access(record)
-        doc: dict[str, Any] = {
-            "ts": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": redact(record.getMessage()),
-        }
-        if WORKER is not None:
-            doc["worker"] = WORKER
-        for k, v in _fields(record).items():
-            doc[k] = v if k in _PLAIN else _scrub(v)
-        for k, v in _exception(record).items():
-            doc[k] = redact(v)
-        return json.dumps(doc)
-
-    def _access(self, record: logging.LogRecord) -> str:
+def _document(record: logging.LogRecord, utc: str) -> dict[str, object]:
+    """A record's line as key/value pairs, every string in it scrubbed: ts, level,
+    logger, msg, worker, then the record's fields, then its exception."""
+    doc: dict[str, object] = {
+        "ts": _timestamp(record.created, utc),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": redact(record.getMessage()),
+    }
+    if WORKER is not None:
+        doc["worker"] = WORKER
+    if record.name == "authproxy.access" and not record.exc_info:
         # The hot one: one per request. Its fields are known, so no scan of the
         # record and no scrubbing of values the proxy made itself.
         d = record.__dict__
-        doc: dict[str, Any] = {
-            "ts": _timestamp(record.created),
-            "level": "info",
-            "logger": "authproxy.access",
-            "msg": redact(record.getMessage()),
-        }
-        if WORKER is not None:
-            doc["worker"] = WORKER
         for k in _ACCESS_FIELDS:
             if k in d:
                 v = d[k]
                 doc[k] = redact(v) if k in _ACCESS_FREE and isinstance(v, str) else v
-        return json.dumps(doc)
+        return doc
+    for k, v in _fields(record).items():
+        doc[k] = v if k in _PLAIN else _scrub(v)
+    for k, v in _exception(record).items():
+        doc[k] = redact(v)
+    return doc
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (``2026-12-02T01:02:03.456+00:00``), level,
+    logger, msg, then the record's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_document(record, "+00:00"))
 
 
 class TextFormatter(logging.Formatter):
-    """A line for people: time, level, message, then ``key=value`` fields."""
+    """``--log-format text``: logfmt (see :mod:`proxy.telemetry.logfmt`), the same
+    fields as the JSON lines, ts as ``2026-12-02T01:02:03.456Z``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        fields = _fields(record)
-        if WORKER is not None:
-            fields["worker"] = WORKER
-        exc = _exception(record)
-        if "error" in exc:
-            fields["error"] = exc["error"]
-        extra = " ".join(f"{k}={v}" for k, v in fields.items())
-        line = f"{ts} {record.levelname.lower():7} {record.getMessage()} {extra}".rstrip()
-        if "trace" in exc:
-            line += "\n" + exc["trace"]
-        return redact(line)
+        return logfmt.line(_document(record, "Z"))
 
 
-def setup(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
-    """Route every logger (aiohttp's and asyncio's too) through one scrubbing handler."""
+#: the format :func:`setup` installed (None: not set up, as for ``check``)
+_mode: str | None = None
+
+
+def setup(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+    """Route every logger (aiohttp's and asyncio's too) through one scrubbing handler;
+    uncaught exceptions and warnings become lines of the same format too."""
+    global _mode
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    _mode = fmt
     # The logging module's documented optimisations: no caller lookup (a stack walk
     # per record) and no thread/process fields, which no line of ours prints.
     logging._srcfile = None
@@ -219,30 +217,50 @@ def setup(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
     logging.logMultiprocessing = False
     # aiohttp's own access log duplicates ours and would print query strings.
     logging.getLogger("aiohttp.access").disabled = True
+    logging.captureWarnings(True)
+    sys.excepthook = _uncaught
+
+
+def _uncaught(etype: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    """An exception nobody caught: one line (type and frames), not a bare traceback."""
+    logging.getLogger("authproxy").critical("unhandled exception", exc_info=(etype, value, tb))
+
+
+def startup_error(message: str, details: Sequence[str] = ()) -> None:
+    """A reason the command cannot start (invalid config, port in use, store unusable).
+
+    Once :func:`setup` has run (``serve``, ``token``, ``authorize``), one log line at
+    ERROR like every other (in JSON mode one JSON object), ``details`` joined into
+    ``msg`` and counted in ``problems``. Before it (``check``): plain text, a line
+    per detail.
+    """
+    if _mode is None:
+        print(f"authproxy: {message}" + (":" if details else ""), file=sys.stderr)
+        for detail in details:
+            print(f"  {detail}", file=sys.stderr)
+        return
+    extra = {"problems": len(details)} if details else {}
+    text = f"{message}: {'; '.join(details)}" if details else message
+    logging.getLogger("authproxy").error("%s", text, extra=extra)
 
 
 # -- the access log ----------------------------------------------------------------
 
 
+@dataclasses.dataclass(slots=True, eq=False)  # hashed by identity (the deadline wheel)
 class Exchange:
     """What one request did, filled in by the forwarder, read by the access log."""
 
-    __slots__ = (
-        "request_id", "token_fetched", "replayed", "upstream_s", "bytes_in", "bytes_out",
-        "timed_out",
-    )  # fmt: skip
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        #: this request waited for a token fetch (no usable token was cached)
-        self.token_fetched = False
-        #: an upstream 401 made the proxy replay this request with a fresh token
-        self.replayed = False
-        self.upstream_s = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        #: the route's timeout ran out for this exchange
-        self.timed_out = False
+    request_id: str
+    #: this request waited for a token fetch (no usable token was cached)
+    token_fetched: bool = False
+    #: an upstream 401 made the proxy replay this request with a fresh token
+    replayed: bool = False
+    upstream_s: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: the route's timeout ran out for this exchange
+    timed_out: bool = False
 
 
 def access(

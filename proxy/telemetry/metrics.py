@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -31,11 +31,12 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 
 from proxy import __version__
 from proxy.telemetry.recent import Recent
-from proxy.tokens.manager import Token, TokenFetchError
 
 # A `_created` series per counter and histogram doubles the series for no use in
 # PromQL (and Prometheus 2.x ingests them as plain gauges): off, for the process.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+_C = TypeVar("_C")
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -87,7 +88,33 @@ class _Buckets:
         self.sum += amount
 
 
-class LoopCounter:
+class _Loop(Generic[_C]):
+    """Children by label values, made on first use (:meth:`_new`); a collector."""
+
+    def __init__(
+        self, name: str, doc: str, labelnames: list[str], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.doc, self.labelnames = name, doc, labelnames
+        self._children: dict[tuple[str, ...], _C] = {}
+        registry.register(self)
+
+    def _new(self) -> _C:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> _C:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._new()
+        return child
+
+    def remove(self, *values: str) -> None:
+        del self._children[values]
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class LoopCounter(_Loop[_Count]):
     """A labelled counter for the hot path, updated without locks.
 
     prometheus-client guards every update with a lock, for threads. The proxy's
@@ -95,22 +122,8 @@ class LoopCounter:
     numbers do; this collector exports them with the same name, type and labels.
     """
 
-    def __init__(
-        self, name: str, doc: str, labelnames: list[str], registry: CollectorRegistry
-    ) -> None:
-        self.name, self.doc, self.labelnames = name, doc, labelnames
-        self._children: dict[tuple[str, ...], _Count] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> _Count:
-        key = tuple(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = _Count()
-        return child
-
-    def remove(self, *values: str) -> None:
-        del self._children[tuple(values)]
+    def _new(self) -> _Count:
+        return _Count()
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
@@ -119,31 +132,14 @@ class LoopCounter:
         yield family
 
 
-class LoopHistogram:
-    """A labelled histogram for the hot path, updated without locks (see LoopCounter)."""
+class LoopHistogram(_Loop[_Buckets]):
+    """A labelled latency histogram (buckets :data:`_LATENCY`) for the hot path,
+    updated without locks (see LoopCounter)."""
 
-    def __init__(
-        self,
-        name: str,
-        doc: str,
-        labelnames: list[str],
-        registry: CollectorRegistry,
-        buckets: tuple[float, ...],
-    ) -> None:
-        self.name, self.doc, self.labelnames = name, doc, labelnames
-        self.bounds = tuple(sorted(buckets))
-        self._children: dict[tuple[str, ...], _Buckets] = {}
-        registry.register(self)
+    bounds = _LATENCY
 
-    def labels(self, *values: str) -> _Buckets:
-        key = tuple(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = _Buckets(self.bounds)
-        return child
-
-    def remove(self, *values: str) -> None:
-        del self._children[tuple(values)]
+    def _new(self) -> _Buckets:
+        return _Buckets(self.bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
@@ -158,139 +154,42 @@ class LoopHistogram:
         yield family
 
 
+class CounterChild(Protocol):
+    def inc(self, amount: float = 1.0) -> None: ...
+
+
+class HistogramChild(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class CounterFamily(Protocol):
+    """A labelled counter: :class:`LoopCounter`, or prometheus-client's ``Counter``."""
+
+    def labels(self, *values: str) -> CounterChild: ...
+    def remove(self, *values: str) -> None: ...
+
+
+class HistogramFamily(Protocol):
+    """A labelled histogram: :class:`LoopHistogram`, or prometheus-client's ``Histogram``."""
+
+    def labels(self, *values: str) -> HistogramChild: ...
+    def remove(self, *values: str) -> None: ...
+
+
 class Metrics:
-    """The metric families, and the token events they count."""
+    """The metric families; the token layer writes to them through
+    :class:`~proxy.tokens.events.TokenMetrics`."""
 
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=True)
         #: prometheus-client's multiprocess directory, under ``serve --workers``
         self.shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-        counter: Any = LoopCounter
-        histogram: Any = LoopHistogram
-        if self.shared_dir is not None:
-            # Values must reach the shared files: the library's own classes do that.
-            def counter(name: str, doc: str, labels: list[str], reg: Any) -> Counter:
-                return Counter(name, doc, labels, registry=reg)
-
-            def histogram(name: str, doc: str, labels: list[str], reg: Any, b: Any) -> Histogram:
-                return Histogram(name, doc, labels, registry=reg, buckets=b)
-
-        # The three updated on every request: lock-free (see LoopCounter).
-        self.requests = counter(
-            "authproxy_requests_total",
-            "Requests answered, by route, method and status code.",
-            ["route", "method", "code"],
-            r,
-        )
-        self.request_duration = histogram(
-            "authproxy_request_duration_seconds",
-            "Time from request received to response headers sent.",
-            ["route"],
-            r,
-            _LATENCY,
-        )
-        self.upstream_duration = histogram(
-            "authproxy_upstream_duration_seconds",
-            "Time the upstream took to answer with headers.",
-            ["route"],
-            r,
-            _LATENCY,
-        )
-        self.token_requests = Counter(
-            "authproxy_token_requests_total",
-            "HTTP requests to token endpoints, by route, grant and outcome "
-            "(success, error, unusable).",
-            ["route", "grant", "outcome"],
-            registry=r,
-        )
-        self.token_duration = Histogram(
-            "authproxy_token_request_duration_seconds",
-            "Time a token fetch took.",
-            ["route"],
-            buckets=_LATENCY,
-            registry=r,
-        )
-        self.token_expiry = Gauge(
-            "authproxy_token_expiry_timestamp_seconds",
-            "Expiry of the route's current token, in epoch seconds.",
-            ["route"],
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.unauthorized_retries = Counter(
-            "authproxy_unauthorized_retries_total",
-            "Upstream 401s, by outcome: replayed, not_replayable, failed, refused_fresh.",
-            ["route", "outcome"],
-            registry=r,
-        )
-        self.inflight = Gauge(
-            "authproxy_inflight_requests",
-            "Requests being proxied now.",
-            ["route"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.proxy_errors = Counter(
-            "authproxy_proxy_errors_total",
-            "Errors answered by the proxy itself, by contract code.",
-            ["route", "code"],
-            registry=r,
-        )
-        self.config_reloads = Counter(
-            "authproxy_config_reloads_total",
-            "Config reloads, by outcome (success, error).",
-            ["outcome"],
-            registry=r,
-        )
-        self.token_cache = Counter(
-            "authproxy_token_cache_total",
-            "Token lookups answered from cache (hit) or needing a fetch (miss).",
-            ["route", "result"],
-            registry=r,
-        )
-        self.token_lock_wait = Histogram(
-            "authproxy_token_lock_wait_seconds",
-            "Time spent waiting for the token refresh lock.",
-            ["route"],
-            buckets=_LATENCY,
-            registry=r,
-        )
-        self.token_store_errors = Counter(
-            "authproxy_token_store_errors_total",
-            "Token store operations that failed (the proxy fell back to memory).",
-            ["operation"],
-            registry=r,
-        )
-        self.token_store_up = Gauge(
-            "authproxy_token_store_up",
-            "1 while the token store is usable (shared tokens and lock), 0 while it is down.",
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self.token_store_up.set(1)
-        self.route_ready = Gauge(
-            "authproxy_route_ready",
-            "1 while the route can get its token (or needs none); it does not gate "
-            "readiness unless listed in readiness.require_tokens.",
-            ["route"],
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.build_info = Gauge(
-            "authproxy_build_info",
-            "Always 1; the version of authproxy running.",
-            ["version"],
-            registry=r,
-            multiprocess_mode="max",
-        )
-        self.build_info.labels(__version__).set(1)
-        if self.shared_dir is None:
-            # Under workers these are added at scrape time (see _registry_for_scrape).
-            ProcessCollector(registry=r)
-            PlatformCollector(registry=r)
+        self._proxy_families()
+        self._token_families()
+        self._process_families()
         #: the last minutes, for /status (timestamps on the proxy's clock)
         self.recent = Recent()
-        self._cache_children: dict[tuple[str, bool], Any] = {}
+        self._cache_children: dict[tuple[str, bool], Counter] = {}
         self._inflight: dict[str, Callable[[], float]] = {}
         for outcome in ("success", "error"):
             self.config_reloads.labels(outcome)
@@ -298,6 +197,112 @@ class Metrics:
             self.token_store_errors.labels(operation)
         for code in ("no_route", *ERROR_CODES):
             self.proxy_errors.labels("", code)
+
+    # -- the definitions: one call each, grouped by what they describe ------------------
+
+    def _proxy_families(self) -> None:
+        self.requests = self._hot_counter(
+            "authproxy_requests_total",
+            "Requests answered, by route, method and status code.",
+            ["route", "method", "code"],
+        )
+        self.request_duration = self._hot_histogram(
+            "authproxy_request_duration_seconds",
+            "Time from request received to response headers sent.",
+        )
+        self.upstream_duration = self._hot_histogram(
+            "authproxy_upstream_duration_seconds", "Time the upstream took to answer with headers."
+        )
+        self.unauthorized_retries = self._counter(
+            "authproxy_unauthorized_retries_total",
+            "Upstream 401s, by outcome: replayed, not_replayable, failed, refused_fresh.",
+            "route", "outcome",
+        )  # fmt: skip
+        self.inflight = Gauge(
+            "authproxy_inflight_requests", "Requests being proxied now.", ["route"],
+            registry=self.registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.proxy_errors = self._counter(
+            "authproxy_proxy_errors_total",
+            "Errors answered by the proxy itself, by contract code.",
+            "route", "code",
+        )  # fmt: skip
+
+    def _token_families(self) -> None:
+        self.token_requests = self._counter(
+            "authproxy_token_requests_total",
+            "HTTP requests to token endpoints, by route, grant and outcome "
+            "(success, error, unusable).",
+            "route", "grant", "outcome",
+        )  # fmt: skip
+        self.token_duration = self._histogram(
+            "authproxy_token_request_duration_seconds", "Time a token fetch took."
+        )
+        self.token_expiry = Gauge(
+            "authproxy_token_expiry_timestamp_seconds",
+            "Expiry of the route's current token, in epoch seconds.",
+            ["route"], registry=self.registry, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.token_cache = self._counter(
+            "authproxy_token_cache_total",
+            "Token lookups answered from cache (hit) or needing a fetch (miss).",
+            "route", "result",
+        )  # fmt: skip
+        self.token_lock_wait = self._histogram(
+            "authproxy_token_lock_wait_seconds", "Time spent waiting for the token refresh lock."
+        )
+        self.token_store_errors = self._counter(
+            "authproxy_token_store_errors_total",
+            "Token store operations that failed (the proxy fell back to memory).",
+            "operation",
+        )
+        self.token_store_up = Gauge(
+            "authproxy_token_store_up",
+            "1 while the token store is usable (shared tokens and lock), 0 while it is down.",
+            registry=self.registry, multiprocess_mode="livemin",
+        )  # fmt: skip
+        self.token_store_up.set(1)
+        self.route_ready = Gauge(
+            "authproxy_route_ready",
+            "1 while the route can get its token (or needs none); it does not gate "
+            "readiness unless listed in readiness.require_tokens.",
+            ["route"], registry=self.registry, multiprocess_mode="livemax",
+        )  # fmt: skip
+
+    def _process_families(self) -> None:
+        self.config_reloads = self._counter(
+            "authproxy_config_reloads_total", "Config reloads, by outcome (success, error).",
+            "outcome",
+        )  # fmt: skip
+        self.build_info = Gauge(
+            "authproxy_build_info", "Always 1; the version of authproxy running.", ["version"],
+            registry=self.registry, multiprocess_mode="max",
+        )  # fmt: skip
+        self.build_info.labels(__version__).set(1)
+        if self.shared_dir is None:
+            # Under workers these are added at scrape time (see _registry_for_scrape).
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _histogram(self, name: str, doc: str) -> Histogram:
+        """A per-route latency histogram."""
+        return Histogram(name, doc, ["route"], buckets=_LATENCY, registry=self.registry)
+
+    def _hot_counter(self, name: str, doc: str, labels: list[str]) -> CounterFamily:
+        """Updated on every request: lock-free (see LoopCounter), except under workers,
+        where values must reach the shared files, as the library's own classes do."""
+        if self.shared_dir is None:
+            return LoopCounter(name, doc, labels, self.registry)
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _hot_histogram(self, name: str, doc: str) -> HistogramFamily:
+        """A per-route latency histogram updated on every request (see _hot_counter)."""
+        if self.shared_dir is None:
+            return LoopHistogram(name, doc, ["route"], self.registry)
+        return Histogram(name, doc, ["route"], registry=self.registry, buckets=_LATENCY)
 
     def init_route(self, route: str) -> None:
         """The route's counters with known labels, at 0 from the start."""
@@ -358,18 +363,7 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self._registry_for_scrape())
 
-    # -- TokenEvents ---------------------------------------------------------------
-
-    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None:
-        self.token_requests.labels(route, grant, "success").inc()
-        self.token_duration.labels(route).observe(seconds)
-        if token.expires_at is not None:
-            self.token_expiry.labels(route).set(token.expires_at)
-
-    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
-        self.token_requests.labels(route, grant, "error").inc()
-        self.token_duration.labels(route).observe(seconds)
-        self.recent.error(route, error.message)
+    # -- what TokenMetrics forwards, once per proxied request ---------------------
 
     def cache(self, route: str, hit: bool) -> None:
         # Once per proxied request: keep the labelled child instead of looking it

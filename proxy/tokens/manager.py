@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from proxy.clock import Clock, Timer, call_later
+from proxy.telemetry.throttle import Throttle
 from proxy.tokens.timing import (
     BACKOFF_CAP,
     REFUSED_COOLDOWN,
@@ -102,6 +103,8 @@ class TokenManager:
         self.events: TokenEvents = events or NullEvents()
         self.backoff = backoff or Backoff(cap=backoff_cap)
         self.cooldown = RefusalCooldown(refused_cooldown, clock.time)
+        #: a failing token endpoint: one warning per interval (see Throttle)
+        self.log_throttle = Throttle(clock=clock)
         #: the token fetched to replace a refused one
         self._replacement: Token | None = None
         self._token: Token | None = None
@@ -300,7 +303,7 @@ class TokenManager:
                 log.error(
                     "token store save failed (%s); using the token anyway",
                     type(err).__name__,
-                    extra={"route": self.route},
+                    extra={"route": self.route, "exception": type(err).__name__},
                 )
         if replacing:
             self._replacement = tok
@@ -321,7 +324,10 @@ class TokenManager:
             tok: Token | None = await self.store.load(self.key)
             return tok
         except Exception as exc:  # a store outage must not stop the proxy
-            log.warning("token store load failed: %s", type(exc).__name__)
+            name = type(exc).__name__
+            log.warning(
+                "token store load failed: %s", name, extra={"route": self.route, "exception": name}
+            )
             return None
 
     def _adoptable(self, stored: Token, previous: Token | None) -> bool:
@@ -364,17 +370,15 @@ class TokenManager:
         )
         self._failure = _Failure(exc, now + wait, attempts)
         self.events.failed(self.route, self.source.grant, exc, seconds)
-        log.warning(
-            "token request failed: %s; next attempt in %.1fs",
-            exc.message,
-            wait,
+        event = "unusable" if isinstance(exc, UnusableToken) else "failed"
+        self.log_throttle.log(
+            log, logging.WARNING, (event,),
+            "token request failed: %s; next attempt in %.1fs", exc.message, wait,
             extra={
-                "route": self.route,
-                "event": "unusable" if isinstance(exc, UnusableToken) else "failed",
-                "source": self.source.grant,
-                "status": exc.status,
+                "route": self.route, "event": event, "source": self.source.grant,
+                "token_status": exc.status,
             },
-        )
+        )  # fmt: skip
         # An unusable token is retried on demand only: a background retry of a
         # provider that keeps sending them would be a timer loop with no traffic.
         if exc.retryable and not isinstance(exc, UnusableToken):
