@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from proxy.clock import Clock, SystemClock
-from proxy.config.model import Config, Listen
+from proxy.config.model import Config
+from proxy.config.values import Listen
 from proxy.errors import (
     Forbidden,
     MethodNotAllowed,

@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy import config as configmod
 from proxy.app import Proxy, create_app
 from proxy.clock import ManualClock
-from proxy.config import model as configmod
 from proxy.tokens.flows.client import TokenClient
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.config import model as configmod
+from proxy import config as configmod
 
 TOKEN = "s3cret-inbound-token-0123456789"
 

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from proxy import config as configmod
 from proxy.cli.authorize import store_key
-from proxy.config import model as configmod
 from tests.fakes import Invoiced, serve
 from tests.fakes.invoiced import s256
 from tests.redis_fixture import free_port

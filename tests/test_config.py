@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import model as c
+from proxy import config as c
 
 
 def parse(text: str, env: dict[str, str] | None = None) -> c.Config:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import model as c
+from proxy import config as c
 from proxy.config.explain import explain
 from proxy.tokens.stores.redis_topology import build_client, where
 

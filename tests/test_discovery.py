@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from proxy import config as configmod
 from proxy.app import create_app
 from proxy.clock import ManualClock
-from proxy.config import model as configmod
 from tests.fakes import serve
 from tests.fakes.standards import Client, StandardsServer
 from tests.tokenkit import call

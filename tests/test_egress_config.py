@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import model as configmod
+from proxy import config as configmod
 from proxy.config.explain import explain
 from proxy.http1.egress import EgressConfig, from_env, parse_no_proxy, parse_setting
 

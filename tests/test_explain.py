@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +100,8 @@ def test_explain_shows_each_preset_expanded(tmp_path: Path) -> None:
 
     tax = routes["tax"]
     assert tax["auth"]["request"]["url"] == "https://apistaging.taxizer.com/v1/Auth/Connect"
-    assert tax["auth"]["request"]["json"] == {"clientId": "tax-id", "clientSecret": "***"}
+    # a client id is masked like the secret it goes with, written literally or not
+    assert tax["auth"]["request"]["json"] == {"clientId": "***", "clientSecret": "***"}
     assert tax["auth"]["response"]["expires_at"] == "jwtTokenExpireAtUTC"
 
     b2b = routes["b2b"]
@@ -133,3 +136,137 @@ def test_preset_missing_credential_is_a_config_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "routes.gp.auth.client_secret: is required by preset getpaid" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def test_every_kind_of_secret_is_masked_the_same_way(tmp_path: Path) -> None:
+    """Each secret a config can hold, written literally, from ${env:} or from ${file:}:
+    no marker may appear in the explain output, and each is shown as '***'."""
+    from proxy import config as c
+    from proxy.config.explain import explain as explain_config
+
+    pem = _pem()
+    (tmp_path / "key.pem").write_text(pem)
+    (tmp_path / "rt-secret").write_text("marker-rt-secret-from-file\n")
+    env = {
+        "INBOUND": "marker-inbound-token-0001",
+        "EXTRA": "marker-extra-assertion",
+        "HINT": "marker-authorize-param",
+        "CLAIM": "marker-jwt-claim",
+        "HDR": "marker-login-header",
+        "FORM": "marker-login-form",
+        "TAX_ID": "marker-taxizer-client-id",
+        "B2B_USER": "marker-b2b-user-from-env",
+    }
+    fernet = "bWFya2VyLWZlcm5ldC1rZXktMzItYnl0ZXMtbG9uZyE="  # 32 bytes: a valid key
+    text = f"""
+inbound_token: ${{env:INBOUND}}
+token_store:
+  type: redis
+  url: redis://user:marker-redis-url-password@127.0.0.1:6379/0
+  encryption_key: {fernet}
+routes:
+  cc:
+    upstream: https://a.example/
+    egress_proxy: {{url: "http://proxy.example:3128", username: u, password: marker-egress-pw}}
+    auth:
+      type: oauth2_client_credentials
+      token_url: https://idp.example/token
+      client_id: marker-cc-client-id
+      client_secret: marker-cc-client-secret
+      extra: {{client_assertion: "${{env:EXTRA}}"}}
+  rt:
+    auth:
+      type: oauth2_refresh_token
+      refresh_token: marker-rt-refresh-token
+      authorize_params: {{login_hint: "${{env:HINT}}"}}
+      client_secret: ${{file:{tmp_path}/rt-secret}}
+      client_id: marker-rt-client-id
+      token_url: https://idp.example/token
+    upstream: https://b.example/
+  jwt:
+    upstream: https://c.example/
+    auth:
+      type: oauth2_jwt_bearer
+      token_url: https://idp.example/token
+      private_key: ${{file:{tmp_path}/key.pem}}
+      client_secret: marker-jwt-client-secret
+      claims: {{iss: me, aud: you, extra_claim: "${{env:CLAIM}}"}}
+  pkjwt:
+    upstream: https://d.example/
+    auth:
+      type: oauth2_client_credentials
+      token_url: https://idp.example/token
+      client_id: marker-pkjwt-client-id
+      client_auth: private_key_jwt
+      private_key: |
+{textwrap.indent(pem, " " * 8)}
+  static:
+    upstream: https://e.example/
+    auth: {{type: static, header: X-Key, value: marker-static-value}}
+  login:
+    upstream: https://f.example/
+    auth:
+      type: login
+      request:
+        url: https://f.example/login
+        headers: {{X-Api-Key: "${{env:HDR}}"}}
+        json: {{api_key: marker-login-api-key, password: marker-login-password}}
+      refresh:
+        url: https://f.example/refresh
+        form: {{refresh_token: "{{refresh_token}}", other: "${{env:FORM}}"}}
+  tax:
+    auth: {{preset: taxizer, client_id: "${{env:TAX_ID}}", client_secret: marker-tax-secret}}
+  tax2:
+    auth:
+      preset: taxizer
+      client_id: marker-tax-literal-id
+      client_secret: marker-tax-secret-2
+      base_url: https://tax2.example/
+  inv:
+    auth: {{preset: invoice_ng, api_key: marker-invoice-api-key}}
+  b2b:
+    auth: {{preset: b2b_jwt, username: "${{env:B2B_USER}}", password: marker-b2b-password,
+           base_url: "https://b2b.example/"}}
+  invd:
+    auth: {{preset: invoiced, client_id: marker-invd-id, client_secret: marker-invd-secret,
+           refresh_token: marker-invd-refresh}}
+  gp:
+    auth: {{preset: getpaid, client_id: marker-gp-id, client_secret: marker-gp-secret}}
+"""
+    sentinel = """
+token_store:
+  type: redis
+  password: marker-store-password
+  sentinel:
+    master_name: main
+    sentinels: ["127.0.0.1:26379"]
+    password: marker-sentinel-password
+routes:
+  a: {upstream: "https://a.example/", auth: {type: none}}
+"""
+    outs = [explain_config(c.parse(text, env)), explain_config(c.parse(sentinel, {}))]
+    out = "\n".join(outs)
+    markers = [line for line in text.split() if "marker-" in line]
+    assert len(markers) >= 20
+    leaked = sorted({m for m in re.findall(r"marker-[a-z0-9-]+", text + sentinel) if m in out})
+    leaked += [v for v in env.values() if v in out]
+    leaked += [line for line in pem.splitlines()[1:-1] if line in out]
+    assert fernet not in out
+    assert not leaked, leaked
+    assert "marker" not in out
+    # the same mask everywhere, and placeholders shown as written
+    assert "{refresh_token}" in out
+    assert "user:***@" not in out and "redis://user@127.0.0.1:6379/0" in out
+    assert out.count("'***'") >= 30

@@ -17,8 +17,8 @@ import jwt
 import pytest
 from aiohttp import web
 
+from proxy import config as configmod
 from proxy.clock import ManualClock
-from proxy.config import model as configmod
 from proxy.tokens.flows.client import TokenClient
 from proxy.tokens.flows.login import LoginFlow
 from proxy.tokens.manager import Token, TokenFetchError

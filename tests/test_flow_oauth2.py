@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl
 import pytest
 from aiohttp import web
 
+from proxy import config as configmod
 from proxy.clock import ManualClock
-from proxy.config import model as configmod
 from proxy.tokens.flows.client_credentials import ClientCredentialsFlow
 from proxy.tokens.flows.refresh_token import RefreshTokenFlow
 from proxy.tokens.manager import NeedsConsent, Token, TokenFetchError

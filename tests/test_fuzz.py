@@ -29,8 +29,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from proxy import config as configmod
 from proxy.app import create_app
-from proxy.config import model as configmod
 from tests.rawhttp import Answer, parse
 
 SETTINGS = settings(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy import config as configmod
 from proxy.app import Proxy, create_app
-from proxy.config import model as configmod
 from tests.redis_fixture import free_port
 from tests.storekit import ROOT, env_for
 

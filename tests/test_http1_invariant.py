@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from proxy import config as configmod
 from proxy.app import Proxy, create_app
-from proxy.config import model as configmod
 from tests.referee import Received, Referee, Reply
 from tests.referee_client import ROUTE, Answers, open_client, port_of, read_answers, write_split
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.config import model as configmod
+from proxy import config as configmod
 from proxy.http1 import Pool
 from tests.conftest import Echo, ProxyFactory, serve_app
 from tests.rawhttp import exchange, host_port, parse

@@ -26,8 +26,8 @@ import pytest
 import pytest_asyncio
 
 from bench.procs import find_tool
+from proxy import config as configmod
 from proxy.app import create_app
-from proxy.config import model as configmod
 from tests.referee import Referee
 from tests.referee_client import ROUTE, Answers, open_client, port_of, read_answers
 

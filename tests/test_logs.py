@@ -244,7 +244,7 @@ async def test_access_log_off_costs_no_formatting(
 
 
 def test_formatters_scrub_credentials_and_known_secrets() -> None:
-    from proxy.config.model import parse
+    from proxy.config.schema import parse
 
     logs.remember_secrets(
         parse(
@@ -535,7 +535,7 @@ def test_a_port_in_use_at_start_is_one_json_line(tmp_path: Path) -> None:
 
 
 def test_logfmt_quotes_escapes_and_scrubs_what_needs_it() -> None:
-    from proxy.config.model import parse
+    from proxy.config.schema import parse
 
     logs.remember_secrets(
         parse(

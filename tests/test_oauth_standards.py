@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from proxy import config as configmod
 from proxy.clock import ManualClock
-from proxy.config import model as configmod
 from tests.fakes import serve
 from tests.fakes.standards import JWT_BEARER, Client, Issuer, StandardsServer
 from tests.tokenkit import assert_no_token, call, metric

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy import config as configmod
 from proxy.clock import ManualClock
-from proxy.config import model as configmod
 from tests.fakes import Fault, GetPaid, InvoiceNg, serve
 from tests.tokenkit import call, metric
 from tests.waiting import until

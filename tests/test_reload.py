@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy import config as configmod
 from proxy.app import Proxy, create_app
-from proxy.config import model as configmod
 from proxy.ops.reload import Reloader
 from tests.conftest import Echo
 from tests.fakes import GetPaid, InvoiceNg, serve

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.config import model as c
+from proxy import config as c
 from proxy.proxying.route import auth_fingerprint
 
 BASE = """

@@ -14,8 +14,8 @@ import time
 import pytest
 from aiohttp import web
 
+from proxy import config as configmod
 from proxy.app import create_app
-from proxy.config import model as configmod
 from tests.rawhttp import Answer, exchange, host_port, parse
 
 

@@ -21,7 +21,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from proxy.config import model as configmod
+from proxy import config as configmod
 from tests.conftest import serve_app
 from tests.fakes import GetPaid, serve
 from tests.fakes.getpaid import LIVE_AUDIENCE

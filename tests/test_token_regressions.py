@@ -15,9 +15,9 @@ import aiohttp
 import jwt
 import pytest
 
+from proxy import config as configmod
 from proxy.app import create_app
 from proxy.clock import ManualClock
-from proxy.config import model as configmod
 from proxy.tokens.flows.client_credentials import ClientCredentialsFlow
 from tests.fakes import B2B, Fault, GetPaid, Invoiced, serve
 from tests.test_flow_oauth2 import TokenEndpoint, auth_of, cc, endpoint  # noqa: F401

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from proxy.config import model as c
+from proxy import config as c
 from proxy.http1 import Http1Error as UpstreamError
 from proxy.http1 import Pool as UpstreamPool
 from proxy.http1.errors import ConnectError

@@ -38,7 +38,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.cli.common import load, run
-from proxy.config.model import Config, Listen, RefreshTokenAuth, RouteConfig, TLSConfig
+from proxy.config import Config, Listen, RefreshTokenAuth, RouteConfig, TLSConfig
 from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 from proxy.proxying.route import auth_fingerprint, ssl_context
 from proxy.telemetry import logs as logs

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from proxy.config import model as configmod
+from proxy import config as configmod
 from proxy.telemetry import logs as logs
 
 #: the ``-c`` option's text, the same in every command that reads a config

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from proxy import config as configmod
 from proxy.app import Proxy, create_app
 from proxy.cli.common import run
-from proxy.config import model as configmod
 from proxy.exit_codes import EXIT_FAIL, EXIT_OK
 from proxy.telemetry import logs as logs
 

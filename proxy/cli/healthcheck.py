@@ -18,7 +18,7 @@ import sys
 import time
 
 from proxy.cli.common import load
-from proxy.config.model import Listen
+from proxy.config import Listen
 from proxy.exit_codes import EXIT_FAIL, EXIT_OK
 
 #: the default deadline: well inside Docker's default --timeout of 30 s

@@ -16,10 +16,10 @@ import os
 import signal
 import sys
 
+from proxy import config as configmod
 from proxy import sd_notify
 from proxy.app import Proxy, create_app
 from proxy.cli.common import config_path, load, run
-from proxy.config import model as configmod
 from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 from proxy.ops import workers
 from proxy.ops.reload import Reloader

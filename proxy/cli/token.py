@@ -7,9 +7,9 @@ import argparse
 import sys
 import time
 
+from proxy import config as configmod
 from proxy.cli.common import load, run
 from proxy.clock import SystemClock
-from proxy.config import model as configmod
 from proxy.errors import ProxyError
 from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 from proxy.proxying.route import RouteRuntime

@@ -1,23 +1,29 @@
 """``authproxy check --explain``: the config as authproxy understood it.
 
 Presets appear expanded into the generic auth type they stand for (``type``
-first, unset options left out); every secret is masked. A ``{refresh_token}``
-or ``{access_token}`` placeholder is shown as written: it is not a secret.
+first, unset options left out). Every secret is masked the same way, as
+``'***'``: a value is a secret when it came from ``${env:}``/``${file:}`` or stands
+under a secret key (:data:`proxy.config.source.SECRET_KEYS`, a preset's
+``client_id`` included), and it stays one through a preset's expansion. A
+``{refresh_token}`` or ``{access_token}`` placeholder is shown as written: it is
+not a secret.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import yaml
 
-from proxy.config.model import Config, Listen, Secret
+from proxy.config.model import AuthConfig, Config
+from proxy.config.values import Listen, Secret
 
 _PLACEHOLDERS = frozenset({"{access_token}", "{refresh_token}"})
+#: a mapping as explain prints it
+View = dict[str, object]
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     if isinstance(value, Secret):
         return str.__str__(value) if value in _PLACEHOLDERS else "***"
     if isinstance(value, Listen):
@@ -33,20 +39,20 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _auth_view(auth: dict[str, Any]) -> dict[str, Any]:
+def _prune(node: object) -> object:
+    if isinstance(node, dict):
+        return {k: _prune(v) for k, v in node.items() if v is not None and v != {}}
+    return node
+
+
+def _auth_view(auth: AuthConfig) -> View:
     """The auth mapping as a user would write it: type first, unset options dropped."""
-
-    def prune(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: prune(v) for k, v in node.items() if v is not None and v != {}}
-        return node
-
-    out: dict[str, Any] = {"type": auth.get("type")}
-    out.update(prune({k: v for k, v in auth.items() if k != "type"}))
-    return out
+    pruned = _prune({k: v for k, v in _mapping(auth).items() if k != "type"})
+    assert isinstance(pruned, dict)
+    return {"type": auth.type, **pruned}
 
 
-def _endpoints(upstream: str, auth: Any) -> dict[str, str]:
+def _endpoints(upstream: str, auth: AuthConfig) -> dict[str, str]:
     """The URLs a route connects to itself: its upstream, and the token endpoints of
     its auth (``token_url``, a login's ``request``/``refresh``; not the browser's
     ``authorize_url`` or ``redirect_uri``)."""
@@ -60,17 +66,24 @@ def _endpoints(upstream: str, auth: Any) -> dict[str, str]:
     return out
 
 
+def _mapping(value: object) -> View:
+    plain = _plain(value)
+    assert isinstance(plain, dict)
+    return plain
+
+
 def explain(config: Config) -> str:
-    doc = _plain(config)
-    routes = {r.pop("name"): r for r in doc.pop("routes")}
-    for route in routes.values():
-        route["auth"] = _auth_view(route["auth"])
+    doc = _mapping(config)
+    routes: dict[str, View] = {}
     for rc in config.routes:
+        view = _mapping(rc)
+        del view["name"]
+        view["auth"] = _auth_view(rc.auth)
         if rc.egress_proxy is not None:
-            routes[rc.name]["egress_proxy"] = rc.egress_proxy.view(_endpoints(rc.upstream, rc.auth))
+            view["egress_proxy"] = rc.egress_proxy.view(_endpoints(rc.upstream, rc.auth))
+        routes[rc.name] = view
     doc.pop("sources", None)
     doc["routes"] = routes
-    if config.unix_socket_mode is not None:
-        doc["unix_socket_mode"] = oct(config.unix_socket_mode)
+    doc["unix_socket_mode"] = oct(config.unix_socket_mode)
     out: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
     return out

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from proxy.config import model as configmod
+from proxy import config as configmod
 
 if TYPE_CHECKING:
     from proxy.app import Proxy

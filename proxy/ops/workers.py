@@ -45,8 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
+from proxy import config as configmod
 from proxy import sd_notify
-from proxy.config import model as configmod
 from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 from proxy.telemetry.logs import startup_error
 

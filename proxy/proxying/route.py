@@ -21,6 +21,7 @@ from yarl import URL
 
 from proxy.clock import Clock
 from proxy.config.model import RouteConfig, StaticAuth, TLSConfig
+from proxy.config.tls import client_context
 from proxy.errors import TokenUnavailable
 from proxy.http1 import Pool as UpstreamPool
 from proxy.http1.tunnel import Tunnel
@@ -40,21 +41,7 @@ log = logging.getLogger("authproxy.route")
 
 def ssl_context(route: RouteConfig) -> ssl.SSLContext:
     """The TLS settings for the route's upstream and token endpoint."""
-    tls = route.tls
-    if not tls.verify:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.client_cert:
-        # An encrypted key must fail, never prompt on a terminal a daemon does not have.
-        ctx.load_cert_chain(tls.client_cert, tls.client_key, password=_no_password)
-    return ctx
-
-
-def _no_password() -> bytes:
-    return b""
+    return client_context(route.tls)
 
 
 def _header_line(name: str, value: str) -> bytes:

@@ -68,7 +68,7 @@ def remember_secrets(config: object) -> None:
 
     Called for every config loaded, at start and on reload.
     """
-    from proxy.config.model import Secret
+    from proxy.config.values import Secret
 
     found: set[str] = set()
 

@@ -34,7 +34,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from proxy.config.store import CALL_BOUND, TokenStoreConfig
+from proxy.config.model import TokenStoreConfig
+from proxy.config.store import CALL_BOUND
 from proxy.tokens.manager import Token
 from proxy.tokens.stores.base import MemoryStore, StoreError, TokenCodec
 from proxy.tokens.stores.health import StoreHealth

@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from proxy.config.store import CALL_BOUND, TokenStoreConfig
+from proxy.config.model import TokenStoreConfig
+from proxy.config.store import CALL_BOUND
 
 try:
     import redis.asyncio as aioredis

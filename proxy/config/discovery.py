@@ -14,19 +14,22 @@ issuer's path). RFC 8414 3.3: the document's ``issuer`` must be the configured o
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
-if TYPE_CHECKING:
-    from proxy.config.model import RouteConfig
-    from proxy.http1.egress import EgressConfig
+from proxy.config.model import ClientCredentialsAuth, JwtBearerAuth, RefreshTokenAuth, RouteConfig
+from proxy.config.tls import client_context
+from proxy.http1.egress import EgressConfig
+
+#: a metadata document, as JSON gave it
+Document = dict[str, object]
 
 #: a metadata document is a few KiB
 MAX_DOCUMENT = 256 * 1024
@@ -53,7 +56,7 @@ def fetch_document(
     timeout: float,
     context: ssl.SSLContext | None,
     egress: EgressConfig | None = None,
-) -> dict[str, Any]:
+) -> Document:
     """GET ``url`` and its JSON object; :class:`DiscoveryError` otherwise."""
     # No proxy from the environment and no redirects, as for token requests; the
     # route's egress_proxy if it has one (https through CONNECT, as proxy.http1.tunnel does).
@@ -80,9 +83,9 @@ def fetch_document(
         doc = json.loads(raw)
     except ValueError:
         raise DiscoveryError(f"{url} did not answer a JSON document") from None
-    if not isinstance(doc, dict):
-        raise DiscoveryError(f"{url} did not answer a JSON object")
-    return doc
+    if isinstance(doc, dict):
+        return doc
+    raise DiscoveryError(f"{url} did not answer a JSON object")
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -97,7 +100,7 @@ def metadata(
     timeout: float,
     context: ssl.SSLContext | None,
     egress: EgressConfig | None = None,
-) -> dict[str, Any]:
+) -> Document:
     """The authorization server's metadata, checked against ``issuer`` when given."""
     urls = [discovery_url] if discovery_url else candidates(issuer or "")
     errors: list[str] = []
@@ -114,7 +117,7 @@ def metadata(
     raise DiscoveryError("; ".join(errors))
 
 
-def _endpoint(doc: dict[str, Any], name: str) -> str | None:
+def _endpoint(doc: Document, name: str) -> str | None:
     value = doc.get(name)
     if isinstance(value, str) and URL(value).scheme in ("http", "https") and URL(value).host:
         return value
@@ -123,43 +126,57 @@ def _endpoint(doc: dict[str, Any], name: str) -> str | None:
 
 def discover(routes: list[RouteConfig], error: Callable[[str, str], None]) -> list[RouteConfig]:
     """``routes`` with discovered endpoints filled in; problems go to ``error``."""
-    from proxy.proxying.route import ssl_context
-
     out: list[RouteConfig] = []
-    seen: dict[tuple[str | None, str | None], dict[str, Any] | str] = {}
+    seen: dict[tuple[str | None, str | None], Document | str] = {}
     for route in routes:
-        auth: Any = route.auth
-        issuer = getattr(auth, "issuer", None)
-        url = getattr(auth, "discovery_url", None)
-        if not url and not (issuer and not auth.token_url):
+        auth = route.auth
+        if not isinstance(auth, ClientCredentialsAuth | RefreshTokenAuth | JwtBearerAuth):
+            out.append(route)
+            continue
+        url = auth.discovery_url
+        if not url and not (auth.issuer and not auth.token_url):
             out.append(route)
             continue
         key_path = f"routes.{route.name}.auth.{'discovery_url' if url else 'issuer'}"
-        source = (issuer, url)
+        source = (auth.issuer, url)
         if source not in seen:
-            target = URL(url or issuer or "")
-            ctx = ssl_context(route) if target.scheme == "https" else None
-            try:
-                seen[source] = metadata(
-                    issuer, url, timeout=route.token_timeout, context=ctx, egress=route.egress_proxy
-                )
-            except DiscoveryError as exc:
-                seen[source] = str(exc)
+            seen[source] = _read(route, auth.issuer, url)
         doc = seen[source]
         if isinstance(doc, str):
             error(key_path, f"discovery failed: {doc}")
             out.append(route)
-            continue
-        changes: dict[str, Any] = {}
-        token = _endpoint(doc, "token_endpoint")
-        if not auth.token_url:
-            if token is None:
-                error(key_path, "the server's metadata has no usable token_endpoint")
-            changes["token_url"] = token or ""
-        if hasattr(auth, "authorize_url") and not auth.authorize_url:
-            authz = _endpoint(doc, "authorization_endpoint")
-            if authz is None and auth.redirect_uri:
-                error(key_path, "the server's metadata has no usable authorization_endpoint")
-            changes["authorize_url"] = authz
-        out.append(replace(route, auth=replace(auth, **changes)) if changes else route)
+        else:
+            out.append(_filled(route, auth, doc, functools.partial(error, key_path)))
     return out
+
+
+def _read(route: RouteConfig, issuer: str | None, url: str | None) -> Document | str:
+    """The metadata document, or why it could not be had."""
+    target = URL(url or issuer or "")
+    ctx = client_context(route.tls) if target.scheme == "https" else None
+    try:
+        return metadata(
+            issuer, url, timeout=route.token_timeout, context=ctx, egress=route.egress_proxy
+        )
+    except DiscoveryError as exc:
+        return str(exc)
+
+
+def _filled(
+    route: RouteConfig,
+    auth: ClientCredentialsAuth | RefreshTokenAuth | JwtBearerAuth,
+    doc: Document,
+    error: Callable[[str], None],
+) -> RouteConfig:
+    new = auth
+    if not auth.token_url:
+        token = _endpoint(doc, "token_endpoint")
+        if token is None:
+            error("the server's metadata has no usable token_endpoint")
+        new = replace(new, token_url=token or "")
+    if isinstance(new, RefreshTokenAuth) and not new.authorize_url:
+        authz = _endpoint(doc, "authorization_endpoint")
+        if authz is None and new.redirect_uri:
+            error("the server's metadata has no usable authorization_endpoint")
+        new = replace(new, authorize_url=authz)
+    return route if new is auth else replace(route, auth=new)
