@@ -98,17 +98,24 @@ def test_usage_errors_exit_2() -> None:
     assert authproxy("frobnicate").returncode == 2
 
 
-def free_port() -> int:
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` different free ports: all held open at once while chosen, since a port
+    closed and asked for again may come back (and listen == admin_listen is refused)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    held = [socket.socket() for _ in range(n)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_runs_and_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\n"
@@ -158,7 +165,7 @@ def test_serve_on_a_busy_port_exits_1_with_a_message(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         cfg = tmp_path / "c.yaml"
         cfg.write_text(
-            f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{free_port()}\n"
+            f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:0\n"
             "routes:\n  a: {upstream: 'http://x/', auth: {type: none}}\n"
         )
         result = authproxy("serve", "-c", str(cfg))

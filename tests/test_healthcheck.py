@@ -43,7 +43,8 @@ async def healthcheck(*args: str, env: dict[str, str] | None = None) -> tuple[in
 
 def write_config(tmp: Path, admin: str) -> Path:
     path = tmp / "config.yaml"
-    path.write_text(f"listen: 127.0.0.1:{free_port()}\nadmin_listen: '{admin}'\n" + ROUTES)
+    # The proxy port is chosen at bind: a second free_port() could equal the admin one.
+    path.write_text(f"listen: 127.0.0.1:0\nadmin_listen: '{admin}'\n" + ROUTES)
     return path
 
 

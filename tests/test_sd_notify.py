@@ -62,7 +62,8 @@ class NotifySocket:
 def serve(tmp: Path, notify: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     port = free_port()
     cfg = tmp / "c.yaml"
-    cfg.write_text(f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{free_port()}\n" + ROUTES)
+    # The admin port is chosen at bind: a second free_port() could equal the first.
+    cfg.write_text(f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:0\n" + ROUTES)
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "-c", str(cfg), *args],
         cwd=ROOT,
