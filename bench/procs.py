@@ -50,6 +50,13 @@ class BenchError(Exception):
     """The bench cannot go on (missing tool, a server that does not start)."""
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _unblock_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 class Processes:
     """Every process the bench starts, each in its own session, stopped in reverse order."""
 
@@ -62,6 +69,10 @@ class Processes:
         self, name: str, argv: list[str], env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}.log", "wb")
+        # A Ctrl-C (or SIGTERM) between the fork and the append below would leave a
+        # server in its own session that nobody stops: hold both signals until the
+        # process is on the list (the child gets them back before it execs).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             proc = subprocess.Popen(
                 argv,
@@ -71,10 +82,12 @@ class Processes:
                 cwd=self.cwd,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_unblock_stop_signals,
             )
+            self.started.append((name, proc))
         finally:
             log.close()
-        self.started.append((name, proc))
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return proc
 
     def log_tail(self, name: str, lines: int = 15) -> str:

@@ -229,7 +229,8 @@ async def test_failing_refresh_endpoint_backs_off_then_logs_in(
     endpoint: Endpoint, token_client: Any
 ) -> None:
     """A refresh endpoint that is down is not answered by doubling the load: the
-    first failure is raised (the manager backs off); the next attempt logs in."""
+    first failure is raised (the manager backs off); the next attempt, given that
+    failure (the manager keeps it, the flow keeps nothing), logs in."""
     endpoint.answer("/refresh", 503, {"error": "temporarily_unavailable"})
     endpoint.answer("/login", 200, {"data": {"access_token": "AT9", "expires_in": 60}})
     f = flow(REFRESHING, endpoint.url, token_client, ManualClock(T0))
@@ -237,9 +238,12 @@ async def test_failing_refresh_endpoint_backs_off_then_logs_in(
         await f.fetch(prev())
     assert info.value.retryable and info.value.status == 503
     assert info.value.message == "refresh endpoint answered 503 (temporarily_unavailable)"
-    tok = await f.fetch(prev())
+    assert info.value.grant == "login_refresh"
+    with pytest.raises(TokenFetchError):  # the same again without it: no state was kept
+        await f.fetch(prev())
+    tok = await f.fetch(prev(), info.value)
     assert tok.how == "login"
-    assert [s[1] for s in endpoint.seen] == ["/refresh", "/refresh", "/login"]
+    assert [s[1] for s in endpoint.seen] == ["/refresh", "/refresh", "/refresh", "/login"]
 
 
 @pytest.mark.parametrize(

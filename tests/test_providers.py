@@ -20,6 +20,7 @@ from proxy.clock import ManualClock
 from tests.fakes import B2B, GetPaid, Invoiced, InvoiceNg, Taxizer, serve
 from tests.fakes.getpaid import SANDBOX_AUDIENCE
 from tests.tokenkit import assert_no_token, call, metric
+from tests.waiting import until
 
 MODES = ["generic", "preset"]
 
@@ -465,10 +466,7 @@ async def test_getpaid_json_client_credentials(
     }
     clock.advance(3600 - 30)  # inside the refresh window: refreshed in the background
     assert (await call(http, "GET", proxy.url + "/gp/accounts"))[0] == 200
-    for _ in range(50):
-        if fake.token_requests == 2:
-            break
-        await __import__("asyncio").sleep(0.01)
+    await until(lambda: fake.token_requests == 2, "the background refresh")
     assert fake.token_requests == 2 and fake.logins == 2
 
 

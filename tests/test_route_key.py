@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy import config as c
-from proxy.proxying.route import auth_fingerprint
+from proxy.tokens.keys import auth_fingerprint
 
 BASE = """
 routes:

@@ -44,6 +44,17 @@ routes:
 """
 
 
+async def store_down(proxy: ProxyProcess, until: float) -> object:
+    """The token store's readiness once it says down, or as it is at ``until``
+    (the loop's time) if it never does."""
+    loop = asyncio.get_running_loop()
+    while True:
+        state = (await readyz(proxy)).get("token_store")
+        if isinstance(state, dict) and state.get("state") == "down" or loop.time() >= until:
+            return state
+        await asyncio.sleep(0.05)
+
+
 async def readyz(proxy: ProxyProcess) -> dict[str, object]:
     async with aiohttp.ClientSession() as s, s.get(proxy.admin_url + "/readyz") as r:
         doc: dict[str, object] = json.loads(await r.read())
@@ -102,12 +113,14 @@ async def test_redis_outage_during_the_refresh_window_starts_no_login_storm(
             load = Paced()
 
             async def outage() -> None:
+                loop = asyncio.get_running_loop()
+                began = loop.time()
                 await asyncio.sleep(stop_at)
                 await asyncio.to_thread(node.stop)
-                # the refresh window opened meanwhile: the replicas have seen it
-                await asyncio.sleep(back_at - stop_at - 0.3)
-                states.append((await readyz(procs[0])).get("token_store"))
-                await asyncio.sleep(0.3)
+                # the replicas see the outage (readiness says so, with a reason) ...
+                states.append(await store_down(procs[0], began + back_at - 0.3))
+                # ... and it lasts past the opening of the refresh window
+                await asyncio.sleep(max(0.0, began + back_at - loop.time()))
                 await asyncio.to_thread(node.start)
 
             await asyncio.gather(load.run([p.url + "/inv/x" for p in procs], run_for), outage())

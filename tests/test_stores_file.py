@@ -24,6 +24,7 @@ from proxy.tokens.stores.base import StoreError, open_store
 from tests.fakes import B2B, InvoiceNg, serve
 from tests.fakes.base import AccessToken, json_response
 from tests.storekit import ROOT, ProxyProcess, env_for, file_entries
+from tests.waiting import until
 
 FERNET_KEY = "x7OGRb9hM4IjhPvBeqIBKE95FsqTbIzc3kyrHufomU8="
 OTHER_KEY = "xgz7MyDvjzMAaxkqX4y-HBGwbmRoo6NsHZJfdR9tzjU="
@@ -244,10 +245,10 @@ routes:
             async with http.get(proxy.url + "/b2b/products") as r:
                 assert r.status == 200
             manager = proxy.routes["b2b"].manager
-            for _ in range(300):
-                if manager.token is not None and manager.token.access_token not in checked:
-                    break
-                await asyncio.sleep(0.01)
+            await until(
+                lambda m=manager: m.token is not None and m.token.access_token not in checked,
+                "the rotated token",
+            )
         async with http.get(proxy.url + "/b2b/products") as r:
             assert r.status == 200
     assert problems == []

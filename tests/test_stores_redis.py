@@ -201,24 +201,31 @@ async def test_lease_is_renewed_while_held_and_released_only_by_its_owner(
     cfg = TokenStoreConfig(type="redis", url=redis.url, lock_lease=1.0)
     a, b = open_store(cfg), open_store(cfg)
     order: list[str] = []
+    at: dict[str, float] = {}
+    a_holds = asyncio.Event()
     try:
 
         async def hold_a() -> None:
             async with a.lock("inv:1"):
                 order.append("a in")
+                a_holds.set()
                 await asyncio.sleep(1.8)  # longer than the 1 s lease: renewed meanwhile
                 order.append("a out")
+                at["a out"] = time.monotonic()
 
         async def wait_b() -> None:
-            await asyncio.sleep(0.2)
-            started = time.monotonic()
+            await a_holds.wait()
+            at["b asks"] = time.monotonic()
             async with b.lock("inv:1"):
-                order.append(f"b in after {time.monotonic() - started:.1f}s")
+                order.append("b in")
+                at["b in"] = time.monotonic()
 
         await asyncio.gather(hold_a(), wait_b())
-        assert order[:2] == ["a in", "a out"]
-        # b waited for a's release (1.6 s), not for a lease that a let run out (0.8 s)
-        assert order[2] in ("b in after 1.5s", "b in after 1.6s", "b in after 1.7s"), order
+        assert order == ["a in", "a out", "b in"]
+        # b waited for a's release (1.8 s), not for a lease that a let run out (1 s),
+        # and got the lock soon after the release, not a lease later
+        assert at["b in"] - at["b asks"] >= 1.5, at
+        assert at["b in"] - at["a out"] < 0.5, at
         # the lock is gone once released, and a foreign owner value is never deleted
         assert await client.keys("authproxy:lock:*") == []
         await client.set("authproxy:lock:inv:2", "someone-else", px=5000)

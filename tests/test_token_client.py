@@ -22,6 +22,7 @@ import pytest
 from proxy.tokens.flows.client import USER_AGENT, TokenClient
 from proxy.tokens.flows.http import request_json
 from proxy.tokens.manager import TokenFetchError
+from tests.waiting import until
 
 
 @dataclass
@@ -101,10 +102,7 @@ async def test_form_request_bytes(raw: RawEndpoint, token_client: TokenClient) -
         b"Connection: close\r\n\r\n"
         b"grant_type=client_credentials&scope=a+b"
     ) % (raw.port, USER_AGENT.encode())
-    for _ in range(100):
-        if raw.closed_by_client:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: raw.closed_by_client, "the client closing its connection")
     assert raw.closed_by_client == [True]
 
 

@@ -23,6 +23,7 @@ from tests.fakes import B2B, Fault, GetPaid, Invoiced, serve
 from tests.test_flow_oauth2 import TokenEndpoint, auth_of, cc, endpoint  # noqa: F401
 from tests.test_tokens import wait_for, yaml_for
 from tests.tokenkit import call, metric
+from tests.waiting import managers_idle
 
 REFUSED = Fault(
     status=401, body=b'{"error": "invalid_token"}', content_type="application/json",
@@ -258,14 +259,19 @@ async def _unusable_on_arrival(ttl: int) -> None:
                 assert status == 503 and headers["X-Authproxy-Error"] == "token_backoff"
                 assert "unusable on arrival" in body["error"]["message"]
                 # No timer loop, with no traffic at all (old code on asyncio's loop:
-                # 1,600 token requests a second).
-                await asyncio.sleep(0.3)
+                # 1,600 token requests a second): the fetch is over and nothing is
+                # scheduled to start another, on the injected clock or the loop's.
+                manager = proxy.routes["gp"].manager
+                assert manager is not None
+                await wait_for(lambda: managers_idle(proxy))
+                assert not manager.schedule.armed
                 assert fake.token_requests == 1
                 assert await token_requests_metric(http, proxy.admin_url, outcome="unusable") == 1
                 clock.advance(1)  # past the first backoff step: one more attempt
                 await call(http, "GET", proxy.url + "/gp/a")
-                await asyncio.sleep(0.1)
+                await wait_for(lambda: managers_idle(proxy))
                 assert fake.token_requests == 2
+                assert not manager.schedule.armed
         finally:
             await proxy.stop()
 
@@ -303,7 +309,6 @@ async def test_route_recovers_within_backoff_cap_after_an_outage(
             if fake.token_requests != before:
                 attempts_at.append(clock.time())
             clock.advance(0.5)
-        await asyncio.sleep(0)
         gaps = [b - a for a, b in zip(attempts_at, attempts_at[1:], strict=False)]
         assert all(g <= 10.0 for g in gaps), gaps
         fake.always_fault = None

@@ -425,7 +425,8 @@ routes:
         async with aiohttp.ClientSession() as http:
             tasks = [asyncio.create_task(client(http, n)) for n in range(8)]
             tick = asyncio.create_task(ticker())
-            await asyncio.sleep(2.0)
+            # under load until several expiries are crossed (not for a guessed time)
+            await wait_for(lambda: fake.refreshes >= 5 and len(statuses) > 200)
             stop.set()
             await asyncio.gather(*tasks, tick)
             replayed = await metric(

@@ -38,13 +38,14 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.cli.common import load, run
-from proxy.config import Config, Listen, RefreshTokenAuth, RouteConfig, TLSConfig
+from proxy.config import Config, Listen, RefreshTokenAuth, RouteConfig
 from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from proxy.proxying.route import auth_fingerprint, ssl_context
+from proxy.http1.tls import context_for
 from proxy.telemetry import logs as logs
 from proxy.tokens.flows.client import TokenClient
 from proxy.tokens.flows.client_credentials import client_fields, form_fields, oauth2_token
 from proxy.tokens.flows.http import request_json
+from proxy.tokens.keys import store_key
 from proxy.tokens.stores.base import StoreError, TokenStore, describe, open_store
 from proxy.tokens.token import Token, TokenFetchError
 
@@ -55,11 +56,6 @@ class Outcome:
 
     ok: bool
     message: str
-
-
-def store_key(route: RouteConfig) -> str:
-    """The token store key of ``route``: the one ``RouteRuntime`` uses."""
-    return f"{route.name}:{auth_fingerprint(route)}"
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -350,7 +346,7 @@ async def _exchange(
         fields["code_verifier"] = verifier
     form = form_fields(fields)
     up = URL(auth.token_url)
-    ctx = ssl_context(route) if up.scheme == "https" or route.tls != TLSConfig() else None
+    ctx = context_for(route.tls, https=up.scheme == "https")
     client = TokenClient(
         ssl_context=ctx,
         timeout=route.token_timeout,

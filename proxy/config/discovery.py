@@ -25,8 +25,8 @@ from dataclasses import replace
 from yarl import URL
 
 from proxy.config.model import ClientCredentialsAuth, JwtBearerAuth, RefreshTokenAuth, RouteConfig
-from proxy.config.tls import client_context
 from proxy.http1.egress import EgressConfig
+from proxy.http1.tls import client_context
 
 #: a metadata document, as JSON gave it
 Document = dict[str, object]

@@ -186,7 +186,7 @@ class RouteConfig:
     preset: str | None = None
     #: the egress (corporate HTTP) proxy for the upstream and token endpoint; None: direct
     egress_proxy: EgressConfig | None = field(default=None, metadata=k.inherited(k.EGRESS))
-    #: token layer (proxy/tokens/timing.py)
+    #: token layer (proxy/tokens/cooldown.py, backoff.py)
     refused_cooldown: float = field(default=5.0, metadata=_INHERIT_DURATION)
     backoff_cap: float = field(default=10.0, metadata=_INHERIT_DURATION)
 

@@ -1,5 +1,6 @@
-"""TLS settings (a route's ``tls``, ``token_store.tls``): parsed, checked, and made
-into the client context that every connection of the route uses.
+"""TLS settings (a route's ``tls``, ``token_store.tls``): parsed and checked.
+:mod:`proxy.http1.tls` makes them into the client context that every connection
+of the route uses.
 
 The PEM files are loaded once while parsing, so that a bad one is a config error
 on its key, not a crash at start or a failure on the first request.
@@ -13,20 +14,6 @@ import ssl
 import proxy.config.fields as fields
 from proxy.config.model import TLSConfig
 from proxy.config.reader import Reader, build
-
-
-def client_context(tls: TLSConfig) -> ssl.SSLContext:
-    """The TLS context for a route's upstream and token endpoint."""
-    if not tls.verify:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.client_cert:
-        # An encrypted key must fail, never prompt on a terminal a daemon does not have.
-        ctx.load_cert_chain(tls.client_cert, tls.client_key, password=_no_password)
-    return ctx
 
 
 def _no_password() -> bytes:

@@ -9,27 +9,24 @@ children.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import ssl
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from multidict import istr
 from yarl import URL
 
 from proxy.clock import Clock
-from proxy.config.model import RouteConfig, StaticAuth, TLSConfig
-from proxy.config.tls import client_context
+from proxy.config.model import RouteConfig, StaticAuth
 from proxy.errors import TokenUnavailable
 from proxy.http1 import Pool as UpstreamPool
+from proxy.http1.tls import context_for
 from proxy.http1.tunnel import Tunnel
 from proxy.telemetry.throttle import Throttle
 from proxy.tokens.dpop import DPoPKey
 from proxy.tokens.events import TokenMetrics
 from proxy.tokens.flows import build_source
 from proxy.tokens.flows.client import TokenClient
+from proxy.tokens.keys import dpop_key, store_key
 from proxy.tokens.manager import Token, TokenManager
 
 if TYPE_CHECKING:
@@ -39,46 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("authproxy.route")
 
 
-def ssl_context(route: RouteConfig) -> ssl.SSLContext:
-    """The TLS settings for the route's upstream and token endpoint."""
-    return client_context(route.tls)
-
-
 def _header_line(name: str, value: str) -> bytes:
     """``Name: value\r\n``; refuses values that could split the header."""
     if any(c in value for c in "\r\n\x00"):
         raise ValueError("header value contains a line break")
     return f"{name}: {value}\r\n".encode("latin-1")
-
-
-#: auth keys added after stores held tokens (issue 13), with their defaults
-_ADDED_AUTH_DEFAULTS: dict[str, Any] = {
-    "private_key": None, "key_id": None, "resource": (), "issuer": None,
-    "discovery_url": None, "authorize_params": {}, "dpop": False,
-}  # fmt: skip
-
-
-def auth_fingerprint(route: RouteConfig) -> str:
-    """A digest of what identifies a route's token: its auth and upstream.
-
-    Used as the token store key, so that changed credentials or endpoints never
-    pick up an old token, while a restart or another replica finds the same one.
-    The secrets go into the digest, never into the store key as text.
-
-    A configured ``refresh_token`` is left out: it only seeds the first refresh, so
-    adding one to the config after ``authorize`` must not orphan the stored token.
-    """
-    auth = asdict(route.auth)
-    # Keys added later enter the digest only when set: an upgrade must not orphan
-    # the stored tokens (a refresh token would need a new `authorize`).
-    for key, default in _ADDED_AUTH_DEFAULTS.items():
-        if key in auth and auth[key] == default:
-            del auth[key]
-    if route.auth.type == "oauth2_refresh_token":
-        auth.pop("refresh_token", None)
-    ident = {"auth": auth, "upstream": route.upstream}
-    raw = json.dumps(ident, sort_keys=True, default=str).encode()
-    return hashlib.sha256(raw).hexdigest()[:24]
 
 
 class RouteRuntime:
@@ -98,7 +60,7 @@ class RouteRuntime:
         self.log_throttle = Throttle(clock=clock)
         up = URL(config.upstream)
         self.base_path = up.raw_path if up.raw_path.endswith("/") else up.raw_path + "/"
-        ctx = ssl_context(config) if up.scheme == "https" or config.tls != TLSConfig() else None
+        ctx = context_for(config.tls, https=up.scheme == "https")
         if not config.tls.verify:
             log.warning(
                 "TLS verification is OFF for route %s (tls.verify: false): its upstream and "
@@ -143,12 +105,12 @@ class RouteRuntime:
             )
             events = TokenMetrics(metrics, config.name)
             source = build_source(config, self.token_client, clock, events.request)
-            key = f"{config.name}:{auth_fingerprint(config)}"
+            key = store_key(config)
             if source is not None and getattr(config.auth, "dpop", False):
                 self.dpop = DPoPKey(clock.time)
                 source.dpop = self.dpop  # type: ignore[attr-defined]
                 # Tokens are bound to this process's key: never adopt another's.
-                key += f":dpop-{self.dpop.thumbprint[:16]}"
+                key = dpop_key(key, self.dpop.thumbprint)
             if source is not None:
                 self.header = istr(config.inject.header)
                 self.header_key = config.inject.header.lower().encode("latin-1")

@@ -1,5 +1,6 @@
-"""The token layer's metrics: what :class:`~proxy.tokens.manager.TokenManager` and the
-flows report, written to the metrics :class:`~proxy.telemetry.metrics.Metrics` defines.
+"""The token layer's metrics: the :class:`~proxy.tokens.report.TokenEvents` of the
+manager and the flows' request counter, written to the metrics
+:class:`~proxy.telemetry.metrics.Metrics` defines.
 
 ``authproxy_token_requests_total`` is counted here per HTTP request to a token
 endpoint (the flows call :meth:`TokenMetrics.request` once per request, with
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 
 
 class TokenMetrics:
-    """:class:`~proxy.tokens.manager.TokenEvents` on the proxy's metrics, plus the
-    per-request counter the flows call."""
+    """:class:`TokenEvents` on the proxy's metrics, plus the per-request counter
+    the flows call."""
 
     def __init__(self, metrics: Metrics, route: str) -> None:
         self.metrics = metrics

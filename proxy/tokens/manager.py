@@ -1,10 +1,19 @@
-"""Tokens: the value, the source seam, and the one layer that caches them.
+"""Tokens: the one layer that caches them, in front of the source seam.
 
 Like golang/oauth2, a :class:`TokenSource` only fetches: one method, given the
 token it may refresh. Flows in ``proxy.tokens.flows`` are sources. Everything else
 (caching, single flight, refreshing early in the background, invalidating a
 token an upstream refused, backing off while the provider fails, sharing through
-a :class:`~proxy.tokens.stores.base.TokenStore`) lives in :class:`TokenManager`.
+a :class:`~proxy.tokens.stores.base.TokenStore`) is :class:`TokenManager`'s, which
+composes one small part per job:
+
+- :class:`~proxy.tokens.cache.TokenCache`: the current token and the refused one;
+- :class:`~proxy.tokens.schedule.RefreshSchedule`: the background refresh timer,
+  on the injected clock;
+- :class:`~proxy.tokens.backoff.Failures`: the backoff after a failed fetch;
+- :class:`~proxy.tokens.cooldown.RefusalCooldown`: refused fresh tokens;
+- :class:`~proxy.tokens.sync.StoreSync`: the store's lock, load and save;
+- :class:`~proxy.tokens.events.TokenReport`: log lines and metric events.
 
 Concurrency: a ``TokenManager`` is safe for concurrent use by the tasks of one
 event loop, and only of one. Sources are called by at most one task at a time
@@ -14,54 +23,34 @@ per manager; across processes, the store's lock serialises them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Literal
 
-from proxy.clock import Clock, Timer, call_later
-from proxy.telemetry.throttle import Throttle
-from proxy.tokens.timing import (
-    BACKOFF_CAP,
-    REFUSED_COOLDOWN,
-    Backoff,
-    RefusalCooldown,
-    as_proxy_error,
-    failure_wait,
-    refresh_at,
-)
+from proxy.clock import Clock
+from proxy.tokens.backoff import BACKOFF_CAP, Backoff, Failures, as_proxy_error
+from proxy.tokens.cache import TokenCache
+from proxy.tokens.cooldown import REFUSED_COOLDOWN, RefusalCooldown
+from proxy.tokens.report import NullEvents, TokenEvents, TokenReport
+from proxy.tokens.schedule import RefreshSchedule, refresh_at
+from proxy.tokens.sync import StoreSync
 from proxy.tokens.token import (
     EXPIRY_SKEW,
     NeedsConsent,
-    NullEvents,
     Token,
-    TokenEvents,
     TokenFetchError,
     TokenSource,
+    TokenStore,
     UnusableToken,
     expiry_skew,
-    log_token_event,
 )
-
-log = logging.getLogger("authproxy.tokens")
 
 #: while the shared store is down, how often a kept token's refresh is reconsidered
 STORE_RETRY = 2.0
 
-#: grants that spend a refresh token: retrying one whose answer was lost may
-#: present an already rotated refresh token (see TokenManager._fail)
-REFRESH_GRANTS = frozenset({"refresh_token", "login_refresh"})
-
 #: what :meth:`TokenManager.refused` did with a refused token
 Refusal = Literal["dropped", "newer", "refused_fresh"]
-
-
-@dataclass
-class _Failure:
-    error: TokenFetchError
-    until: float
-    attempts: int
 
 
 class TokenManager:
@@ -83,7 +72,7 @@ class TokenManager:
         route: str,
         source: TokenSource,
         *,
-        store: Any,
+        store: TokenStore,
         key: str,
         clock: Clock,
         refresh_before: float = 60.0,
@@ -95,28 +84,19 @@ class TokenManager:
     ) -> None:
         self.route = route
         self.source = source
-        self.store = store
-        self.key = key
         self.clock = clock
         self.refresh_before = refresh_before
         self.token_timeout = token_timeout
-        self.events: TokenEvents = events or NullEvents()
-        self.backoff = backoff or Backoff(cap=backoff_cap)
+        events = events or NullEvents()
+        self._cache_event = events.cache
+        self.report = TokenReport(route, events, clock)
+        self.sync = StoreSync(store, key, self.report, events.lock_wait)
+        self.failures = Failures(backoff or Backoff(cap=backoff_cap), clock, token_timeout)
         self.cooldown = RefusalCooldown(refused_cooldown, clock.time)
-        #: a failing token endpoint: one warning per interval (see Throttle)
-        self.log_throttle = Throttle(clock=clock)
-        #: the token fetched to replace a refused one
-        self._replacement: Token | None = None
-        self._token: Token | None = None
-        #: the token known usable and not due a refresh before ``_fresh_until``
-        self._fresh_token: Token | None = None
-        self._fresh_until = 0.0
-        #: the last token refused upstream; kept for its refresh token, never sent
-        self._refused: Token | None = None
+        self.cache = TokenCache()
+        self.schedule = RefreshSchedule(clock, self._due)
+        #: the fetch under way, awaited by every caller without a usable token
         self._task: asyncio.Task[Token] | None = None
-        self._timer: Timer | None = None
-        self._failure: _Failure | None = None
-        self._closed = False
         self.last_refresh: float | None = None
 
     # -- what callers use --------------------------------------------------------
@@ -124,52 +104,44 @@ class TokenManager:
     @property
     def token(self) -> Token | None:
         """The cached token, usable or not (for status pages; never for sending)."""
-        return self._token
+        return self.cache.token
 
     @property
     def last_error(self) -> str | None:
-        return self._failure.error.message if self._failure else None
+        error = self.failures.error
+        return error.message if error is not None else None
 
     @property
     def needs_consent(self) -> bool:
         """No refresh token in config or store: ``authproxy authorize`` must run."""
-        return self._failure is not None and isinstance(self._failure.error, NeedsConsent)
+        return isinstance(self.failures.error, NeedsConsent)
 
     def refresh_at(self, tok: Token) -> float | None:
-        """When a background refresh starts (see :func:`proxy.tokens.timing.refresh_at`)."""
+        """When a background refresh starts (see :func:`proxy.tokens.schedule.refresh_at`)."""
         return refresh_at(tok, self.refresh_before, self.token_timeout)
 
     async def get(self) -> Token:
         """A usable token, fetching one only when none is cached."""
-        tok = self._token
+        cache = self.cache
+        tok = cache.token
         now = self.clock.time()
-        if tok is not None and tok is self._fresh_token and now < self._fresh_until:
+        if tok is not None and tok is cache.fresh_token and now < cache.fresh_until:
             # The common case, kept to two comparisons: usable, not yet due a refresh.
-            self.events.cache(self.route, True)
+            self._cache_event(self.route, True)
             return tok
         if tok is not None and tok.usable(now):
-            at = self.refresh_at(tok)
-            if at is None:
-                self._fresh_token, self._fresh_until = tok, math.inf
-            elif now < at:
-                assert tok.expires_at is not None
-                self._fresh_token = tok
-                self._fresh_until = min(at, tok.expires_at - tok.skew)
-            elif self._task is None and not self._backing_off(now):
-                self._start()
-            self.events.cache(self.route, True)
+            self._look(tok, now)
+            self._cache_event(self.route, True)
             return tok
-        self.events.cache(self.route, False)
-        failure = self._failure
+        self._cache_event(self.route, False)
+        failure = self.failures.last
         if failure is not None and now < failure.until and self._task is None:
             raise as_proxy_error(self.route, failure.error, failure.until - now)
         task = self._task or self._start()
         try:
             return await asyncio.shield(task)
         except TokenFetchError as exc:
-            failure = self._failure
-            wait = failure.until - self.clock.time() if failure else None
-            raise as_proxy_error(self.route, exc, wait) from None
+            raise as_proxy_error(self.route, exc, self.failures.left()) from None
 
     def invalidate(self, token: Token) -> bool:
         """An upstream refused ``token``: True when it was dropped (see :meth:`refused`)."""
@@ -181,26 +153,22 @@ class TokenManager:
         - ``dropped``: it was current and is gone; the next :meth:`get` fetches.
         - ``newer``: a newer token had already replaced it; retry with that one.
         - ``refused_fresh``: kept, the 401 goes to the client as is (see
-          :class:`~proxy.tokens.timing.RefusalCooldown`): a replacement not yet
+          :class:`~proxy.tokens.cooldown.RefusalCooldown`): a replacement not yet
           seen working (:meth:`replayed`), or with the store down any token,
           fetched less than ``refused_cooldown`` ago. Replacing it hammers the provider.
         """
-        current = self._token
+        current = self.cache.token
         if current is None or current.access_token != token.access_token:
             return "newer"
-        if self.cooldown.held_alone(self.route, alone=_alone(self.store)):
+        if self.cooldown.held_alone(self.route, alone=self.sync.alone):
             return "refused_fresh"
-        suspect = current is self._replacement
+        suspect = current is self.cache.replacement
         if suspect and self.cooldown.refused_again(self.route):
             return "refused_fresh"
         self.cooldown.start(new_episode=not suspect)
-        self._refused = current
-        self._token = None
-        self._cancel_timer()
-        log.info(
-            "token refused upstream; dropped",
-            extra={"route": self.route, "event": "invalidated", "source": current.how},
-        )
+        self.cache.drop()
+        self.schedule.cancel()
+        self.report.dropped(current)
         return "dropped"
 
     def replayed(self, token: Token, status: int) -> None:
@@ -209,8 +177,8 @@ class TokenManager:
         A replacement that worked is no suspect: when it is refused later (another
         replica rotated it, a revocation), it is replaced at once, cooldown or not.
         """
-        if status != 401 and token is self._replacement:
-            self._replacement = None
+        if status != 401 and token is self.cache.replacement:
+            self.cache.replacement = None
 
     async def prime(self) -> Token:
         """Fetch (or load) a token now; used at start-up and by ``authproxy token``."""
@@ -222,14 +190,59 @@ class TokenManager:
         For a route being replaced by a reload: its in-flight requests may still
         need :meth:`get` (a 401 replay), but it must not rotate tokens any more.
         """
-        self._closed = True
-        self._cancel_timer()
+        self.schedule.close()
 
     def close(self) -> None:
-        self._closed = True
-        self._cancel_timer()
+        self.schedule.close()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+    # -- the cache ---------------------------------------------------------------------
+
+    def _look(self, tok: Token, now: float) -> None:
+        """``tok`` is usable but was not known fresh: mark it so, or refresh it now."""
+        at = self.refresh_at(tok)
+        if at is None:
+            self.cache.fresh(tok)
+        elif now < at:
+            assert tok.expires_at is not None
+            self.cache.fresh(tok, min(at, tok.expires_at - tok.skew))
+        elif self._task is None and not self.failures.backing_off(now):
+            self._start()
+
+    def _adoptable(self, stored: Token, previous: Token | None) -> bool:
+        """Another process (or a restart) left a token we may use instead of fetching."""
+        now = self.clock.time()
+        if not stored.usable(now):
+            return False
+        refused = self.cache.refused
+        if refused is not None and stored.access_token == refused.access_token:
+            return False
+        at = self.refresh_at(stored)
+        if previous is not None and stored.access_token == previous.access_token:
+            # Same token as ours: only adopt if ours is not the reason we are here.
+            return self.cache.token is None and (at is None or now < at)
+        return at is None or now < at
+
+    def _keep(self, tok: Token) -> Token:
+        """The shared store is down: refreshing alone would revoke the other
+        replicas' copy of this token at strict providers (Invoice.ng). Keep it
+        until it is refused or expires; look again in STORE_RETRY seconds."""
+        now = self.clock.time()
+        until = min(now + STORE_RETRY, tok.usable_until or math.inf)
+        self.cache.fresh(tok, until)
+        self.schedule.arm(max(0.0, until - now))
+        return tok
+
+    def _set(self, tok: Token) -> Token:
+        self.cache.set(tok)
+        self.failures.clear()
+        at = self.refresh_at(tok)
+        if at is None:
+            self.schedule.cancel()
+        else:
+            self.schedule.at(at)
+        return tok
 
     # -- fetching --------------------------------------------------------------------
 
@@ -246,189 +259,87 @@ class TokenManager:
         if not task.cancelled():
             task.exception()  # mark retrieved; waiters got it already
 
-    def _backing_off(self, now: float) -> bool:
-        return self._failure is not None and now < self._failure.until
-
     async def _fetch(self) -> Token:
         started = time.monotonic()
-        lock_started = time.monotonic()
-        async with self.store.lock(self.key):
-            self.events.lock_wait(self.route, time.monotonic() - lock_started)
-            previous = self._token or self._refused
-            stored: Token | None = await self._load_stored()
+        async with self.sync.lock():
+            cache = self.cache
+            previous = cache.token or cache.refused
+            stored = await self.sync.load()
             if stored is not None and self._adoptable(stored, previous):
-                log_token_event("obtained", self.route, "store", stored, self.clock.time())
-                return self._set(replace(stored, how="store") if stored.how != "store" else stored)
-            current = self._token
-            if current is not None and current.usable(self.clock.time()) and _alone(self.store):
+                self.report.adopted(stored, self.clock.time())
+                return self._set(stored if stored.how == "store" else replace(stored, how="store"))
+            current = cache.token
+            if current is not None and current.usable(self.clock.time()) and self.sync.alone:
                 return self._keep(current)
-            if stored is not None and (previous is None or _newer(stored, previous)):
+            if stored is not None and (
+                previous is None or stored.obtained_at > previous.obtained_at
+            ):
                 previous = stored
-            log.debug(
-                "fetching a token",
-                extra={
-                    "route": self.route,
-                    "grant": self.source.grant,
-                    "previous": previous.how if previous else None,
-                },
-            )
-            replacing = self._refused is not None
-            try:
-                tok = await asyncio.wait_for(
-                    self.source.fetch(previous), timeout=self.token_timeout * 2.5
-                )
-            except UnusableToken as exc:
-                self._fail(exc, time.monotonic() - started)
-                arrived = exc.token
-                if arrived.expires_at is not None and self.clock.time() < arrived.expires_at:
-                    # Not cached: the requests waiting for this fetch use it once.
-                    return arrived
-                raise
-            except TokenFetchError as exc:
-                self._fail(exc, time.monotonic() - started)
-                raise
-            except TimeoutError:
-                timeout = TokenFetchError("token endpoint did not answer in time", lost=True)
-                self._fail(timeout, time.monotonic() - started)
-                raise timeout from None
-            except Exception as err:  # a bug in a flow must not hang or crash callers
-                log.exception("token flow failed unexpectedly", extra={"route": self.route})
-                broken = TokenFetchError(f"token flow failed: {type(err).__name__}")
-                self._fail(broken, time.monotonic() - started)
-                raise broken from None
+            replacing = cache.refused is not None
+            tok, keep = await self._call_source(previous, started)
+            if not keep:
+                return tok
             # Persist before use: a rotated refresh token must survive a crash.
-            try:
-                await self.store.save(self.key, tok)
-            except Exception as err:
-                log.error(
-                    "token store save failed (%s); using the token anyway",
-                    type(err).__name__,
-                    extra={"route": self.route, "exception": type(err).__name__},
-                )
+            await self.sync.save(tok)
         if replacing:
-            self._replacement = tok
+            self.cache.replacement = tok
         self.cooldown.fetched()
-        self.events.fetched(self.route, self.source.grant, tok, time.monotonic() - started)
         self.last_refresh = self.clock.time()
-        log_token_event(
-            "refreshed" if tok.how == "refresh" else "obtained",
-            self.route,
-            tok.how,
-            tok,
-            self.last_refresh,
-        )
+        self.report.fetched(self.source.grant, tok, time.monotonic() - started, self.last_refresh)
         return self._set(tok)
 
-    async def _load_stored(self) -> Token | None:
+    async def _call_source(self, previous: Token | None, started: float) -> tuple[Token, bool]:
+        """The source's token, and whether to cache it: an unusable token still
+        valid is used once by the requests waiting for this fetch, not cached."""
+        self.report.fetching(self.source.grant, previous)
+        fetch = self.source.fetch(previous, self.failures.error)
         try:
-            tok: Token | None = await self.store.load(self.key)
-            return tok
-        except Exception as exc:  # a store outage must not stop the proxy
-            name = type(exc).__name__
-            log.warning(
-                "token store load failed: %s", name, extra={"route": self.route, "exception": name}
-            )
-            return None
+            return await asyncio.wait_for(fetch, timeout=self.token_timeout * 2.5), True
+        except UnusableToken as exc:
+            self._fail(exc, started)
+            arrived = exc.token
+            if arrived.expires_at is not None and self.clock.time() < arrived.expires_at:
+                return arrived, False
+            raise
+        except TokenFetchError as exc:
+            self._fail(exc, started)
+            raise
+        except TimeoutError:
+            timeout = TokenFetchError("token endpoint did not answer in time", lost=True)
+            self._fail(timeout, started)
+            raise timeout from None
+        except Exception as err:  # a bug in a flow must not hang or crash callers
+            self.report.broken()
+            broken = TokenFetchError(f"token flow failed: {type(err).__name__}")
+            self._fail(broken, started)
+            raise broken from None
 
-    def _adoptable(self, stored: Token, previous: Token | None) -> bool:
-        """Another process (or a restart) left a token we may use instead of fetching."""
-        now = self.clock.time()
-        if not stored.usable(now):
-            return False
-        refused = self._refused
-        if refused is not None and stored.access_token == refused.access_token:
-            return False
-        if previous is not None and stored.access_token == previous.access_token:
-            # Same token as ours: only adopt if ours is not the reason we are here.
-            at = self.refresh_at(stored)
-            return self._token is None and (at is None or now < at)
-        at = self.refresh_at(stored)
-        return at is None or now < at
-
-    def _keep(self, tok: Token) -> Token:
-        """The shared store is down: refreshing alone would revoke the other
-        replicas' copy of this token at strict providers (Invoice.ng). Keep it
-        until it is refused or expires; look again in STORE_RETRY seconds."""
-        now = self.clock.time()
-        until = min(now + STORE_RETRY, tok.usable_until or math.inf)
-        self._fresh_token, self._fresh_until = tok, until
-        self._arm(max(0.0, until - now))
-        return tok
-
-    def _set(self, tok: Token) -> Token:
-        self._token = tok
-        self._refused = None
-        self._failure = None
-        self._schedule(tok)
-        return tok
-
-    def _fail(self, exc: TokenFetchError, seconds: float) -> None:
-        attempts = (self._failure.attempts if self._failure else 0) + 1
-        now = self.clock.time()
-        wait = failure_wait(
-            self.backoff, attempts, exc, self.source.grant in REFRESH_GRANTS, self.token_timeout
-        )
-        self._failure = _Failure(exc, now + wait, attempts)
-        self.events.failed(self.route, self.source.grant, exc, seconds)
-        event = "unusable" if isinstance(exc, UnusableToken) else "failed"
-        self.log_throttle.log(
-            log, logging.WARNING, (event,),
-            "token request failed: %s; next attempt in %.1fs", exc.message, wait,
-            extra={
-                "route": self.route, "event": event, "source": self.source.grant,
-                "token_status": exc.status,
-            },
-        )  # fmt: skip
+    def _fail(self, exc: TokenFetchError, started: float) -> None:
+        grant = exc.grant or self.source.grant
+        wait = self.failures.record(exc, grant)
+        self.report.failed(grant, exc, time.monotonic() - started, wait)
         # An unusable token is retried on demand only: a background retry of a
         # provider that keeps sending them would be a timer loop with no traffic.
         if exc.retryable and not isinstance(exc, UnusableToken):
-            self._arm(wait)
+            self.schedule.arm(wait)
 
-    # -- timers ------------------------------------------------------------------------
+    # -- the background refresh ------------------------------------------------------
 
-    def _schedule(self, tok: Token) -> None:
-        at = self.refresh_at(tok)
-        if at is None:
-            self._cancel_timer()
-            return
-        self._arm(max(0.0, at - self.clock.time()))
-
-    def _arm(self, delay: float) -> None:
-        self._cancel_timer()
-        if self._closed:
-            return
-        # On the injected clock: a ManualClock runs it when moved past its moment.
-        self._timer = call_later(self.clock, min(delay, 86400.0), self._on_timer)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._closed or self._task is not None:
+    def _due(self) -> None:
+        """The schedule fired: refresh, unless a fetch runs or the moment moved."""
+        if self._task is not None:
             return
         now = self.clock.time()
-        failure = self._failure
+        failure = self.failures.last
         if failure is not None and now < failure.until:
-            self._arm(failure.until - now)
+            self.schedule.arm(failure.until - now)
             return
-        tok = self._token
+        tok = self.cache.token
         at = self.refresh_at(tok) if tok is not None else None
         if tok is None or at is None or now >= at or failure is not None:
             self._start()
         else:
-            self._arm(at - now)
-
-
-def _alone(store: Any) -> bool:
-    """True while a shared store cannot coordinate the replicas (Redis down)."""
-    return getattr(store, "coordinated", True) is False
-
-
-def _newer(a: Token, b: Token) -> bool:
-    return a.obtained_at > b.obtained_at
+            self.schedule.arm(at - now)
 
 
 __all__ = [

@@ -1,16 +1,17 @@
-"""The token value, the source seam, and the errors a source raises.
+"""The token value, the two seams (:class:`TokenSource`, :class:`TokenStore`),
+and the errors a source raises.
 
 Split from :mod:`proxy.tokens.manager` (the caching layer) so that flows and stores
-depend on the value alone. :mod:`proxy.tokens.manager` re-exports every name here.
+depend on the value alone. :mod:`proxy.tokens.manager` re-exports the names
+callers use.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
-
-log = logging.getLogger("authproxy.tokens")
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol, TypedDict, overload
 
 #: the smallest and largest send margin: a token this close to its expiry is not
 #: sent any more, it could expire in flight. golang/oauth2 uses 10 s for every
@@ -25,6 +26,18 @@ EXPIRY_SKEW = MIN_SKEW
 def expiry_skew(lifetime: float) -> float:
     """How long before its expiry a token of ``lifetime`` seconds stops being sent."""
     return min(MAX_SKEW, max(MIN_SKEW, lifetime / 10.0))
+
+
+class TokenJSON(TypedDict):
+    """A :class:`Token` as a store keeps it (``Token.to_dict``)."""
+
+    access_token: str
+    expires_at: float | None
+    refresh_token: str | None
+    refresh_expires_at: float | None
+    obtained_at: float
+    how: str
+    token_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +78,60 @@ class Token:
             return False
         return self.refresh_expires_at is None or now < self.refresh_expires_at - MIN_SKEW
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> TokenJSON:
+        return TokenJSON(
+            access_token=self.access_token,
+            expires_at=self.expires_at,
+            refresh_token=self.refresh_token,
+            refresh_expires_at=self.refresh_expires_at,
+            obtained_at=self.obtained_at,
+            how=self.how,
+            token_type=self.token_type,
+        )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Token:
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: Mapping[str, object]) -> Token:
+        """The token in ``data`` (what :meth:`to_dict` wrote; unknown keys are
+        ignored, missing ones take their defaults); :class:`TypeError` when a
+        value has the wrong type."""
+        access = data.get("access_token")
+        if not isinstance(access, str):
+            raise TypeError("access_token is not a string")
+        return cls(
+            access,
+            expires_at=_number(data, "expires_at"),
+            refresh_token=_text(data, "refresh_token"),
+            refresh_expires_at=_number(data, "refresh_expires_at"),
+            obtained_at=_number(data, "obtained_at", 0.0),
+            how=_text(data, "how", "login"),
+            token_type=_text(data, "token_type", "Bearer"),
+        )
+
+
+@overload
+def _number(data: Mapping[str, object], key: str) -> float | None: ...
+@overload
+def _number(data: Mapping[str, object], key: str, default: float) -> float: ...
+def _number(data: Mapping[str, object], key: str, default: float | None = None) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{key} is not a number")
+    return float(value)
+
+
+@overload
+def _text(data: Mapping[str, object], key: str) -> str | None: ...
+@overload
+def _text(data: Mapping[str, object], key: str, default: str) -> str: ...
+def _text(data: Mapping[str, object], key: str, default: str | None = None) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"{key} is not a string")
 
 
 class TokenFetchError(Exception):
@@ -83,6 +143,8 @@ class TokenFetchError(Exception):
     envelope), like golang/oauth2's ``RetrieveError.ErrorCode``. ``lost`` is
     true when the request may have reached the provider but its answer did not
     come back (a timeout, a cut answer): the provider may have acted on it.
+    ``grant`` is the grant of the token request that failed (``login_refresh``
+    for a login flow's refresh), set by the flow that sent it.
     """
 
     def __init__(
@@ -94,6 +156,7 @@ class TokenFetchError(Exception):
         retry_after: float | None = None,
         error_code: str | None = None,
         lost: bool = False,
+        grant: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -102,6 +165,7 @@ class TokenFetchError(Exception):
         self.retry_after = retry_after
         self.error_code = error_code
         self.lost = lost
+        self.grant = grant
 
 
 class UnusableToken(TokenFetchError):
@@ -126,13 +190,25 @@ class TokenSource(Protocol):
 
     ``previous`` is the last token known (possibly expired, or refused by an
     upstream); a source that can refresh uses its refresh token or access token,
-    and logs in again when the refresh fails.
+    and logs in again when the refresh fails. ``failure`` is why the last fetch
+    failed, when it did (the caller keeps it; a source keeps no state).
     """
 
     #: metrics label for the grant, e.g. ``client_credentials``, ``login``
     grant: str
 
-    async def fetch(self, previous: Token | None) -> Token: ...
+    async def fetch(
+        self, previous: Token | None, failure: TokenFetchError | None = None
+    ) -> Token: ...
+
+
+class TokenStore(Protocol):
+    """Where tokens live beyond one request (see :mod:`proxy.tokens.stores.base`)."""
+
+    async def load(self, key: str) -> Token | None: ...
+    async def save(self, key: str, token: Token) -> None: ...
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]: ...
+    async def close(self) -> None: ...
 
 
 class NeedsConsent(TokenFetchError):
@@ -142,40 +218,6 @@ class NeedsConsent(TokenFetchError):
         super().__init__(
             f"no refresh token for route {route}: run `authproxy authorize {route}` once",
             retryable=False,
-        )
-
-
-class TokenEvents(Protocol):
-    """What the manager reports; metrics and logs implement it."""
-
-    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None: ...
-    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None: ...
-    def cache(self, route: str, hit: bool) -> None: ...
-    def lock_wait(self, route: str, seconds: float) -> None: ...
-
-
-class NullEvents:
-    def fetched(self, route: str, grant: str, token: Token, seconds: float) -> None:
-        pass
-
-    def failed(self, route: str, grant: str, error: TokenFetchError, seconds: float) -> None:
-        pass
-
-    def cache(self, route: str, hit: bool) -> None:
-        pass
-
-    def lock_wait(self, route: str, seconds: float) -> None:
-        pass
-
-
-def log_token_event(event: str, route: str, source: str, tok: Token, now: float) -> None:
-    """A token event line: what happened and where from, never the token."""
-    if log.isEnabledFor(logging.INFO):
-        expires_in = None if tok.expires_at is None else round(tok.expires_at - now, 1)
-        log.info(
-            "token %s",
-            event,
-            extra={"route": route, "event": event, "source": source, "expires_in": expires_in},
         )
 
 

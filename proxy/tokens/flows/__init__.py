@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from proxy.clock import Clock
     from proxy.tokens.flows.base import RequestCounter
     from proxy.tokens.flows.client import TokenClient
-    from proxy.tokens.manager import TokenSource
+    from proxy.tokens.token import TokenSource
 
 
 def build_source(

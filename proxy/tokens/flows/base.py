@@ -4,12 +4,12 @@ clock, and the counter of its requests to token endpoints."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from proxy.clock import Clock
 from proxy.tokens.dpop import DPoPKey
 from proxy.tokens.flows.client import TokenClient
-from proxy.tokens.token import Token, UnusableToken, check_arrival
+from proxy.tokens.token import Token, TokenFetchError, UnusableToken, check_arrival
 
 A = TypeVar("A")
 
@@ -23,7 +23,8 @@ def _no_count(grant: str, outcome: str) -> None:
 
 class Flow(Generic[A]):
     """Base of the token sources in this package. Subclasses set ``grant`` and
-    implement ``async def fetch(previous) -> Token`` (see proxy.tokens.manager.TokenSource).
+    implement ``async def fetch(previous, failure=None) -> Token`` (see
+    :class:`proxy.tokens.token.TokenSource`). A flow keeps no state between fetches.
 
     Every HTTP request a flow makes to a token endpoint goes through
     :meth:`counted`, so that ``authproxy_token_requests_total`` counts requests
@@ -50,15 +51,16 @@ class Flow(Generic[A]):
 
     def counted(self, grant: str) -> _Counted:
         """``async with self.counted("login") as c: ...; return c.token(tok)``."""
-        return _Counted(self, grant)
+        return _Counted(self.clock, self.count, grant)
 
 
 class _Counted:
     """Counts one token request: ``error`` if it raised, ``unusable`` for a token
     dead on arrival, ``success`` otherwise."""
 
-    def __init__(self, flow: Flow[Any], grant: str) -> None:
-        self.flow = flow
+    def __init__(self, clock: Clock, count: RequestCounter, grant: str) -> None:
+        self.clock = clock
+        self.count = count
         self.grant = grant
         self.done = False
 
@@ -68,7 +70,7 @@ class _Counted:
     def token(self, tok: Token, what: str = "token endpoint") -> Token:
         """``tok``, checked usable on arrival (:class:`UnusableToken` otherwise)."""
         try:
-            check_arrival(tok, self.flow.clock.time(), what)
+            check_arrival(tok, self.clock.time(), what)
         except UnusableToken:
             self._count("unusable")
             raise
@@ -77,14 +79,16 @@ class _Counted:
 
     def resent(self) -> None:
         """The request was answered and sent again (a DPoP nonce): count the first."""
-        self.flow.count(self.grant, "error")
+        self.count(self.grant, "error")
 
     def _count(self, outcome: str) -> None:
         if not self.done:
             self.done = True
-            self.flow.count(self.grant, outcome)
+            self.count(self.grant, outcome)
 
     async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
         if exc is not None and not isinstance(exc, Exception):
             return  # cancelled: the request may not have been sent
+        if isinstance(exc, TokenFetchError) and exc.grant is None:
+            exc.grant = self.grant  # which request failed: the manager's backoff asks
         self._count("error" if exc is not None else "success")

@@ -31,6 +31,7 @@ from yarl import URL
 from proxy import __version__
 from proxy.http1 import Http1Error, Pool
 from proxy.http1.egress import EgressConfig
+from proxy.http1.tls import client_context
 from proxy.http1.tunnel import Tunnel
 from proxy.http_errors import token_client_kind
 
@@ -84,7 +85,7 @@ class TokenClient:
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
-            self._ssl = ssl.create_default_context()
+            self._ssl = client_context()
         return self._ssl
 
     async def request(

@@ -21,12 +21,12 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 from urllib.parse import urlencode
 
 from proxy.tokens.dpop import DPoPKey
-from proxy.tokens.flows.client import ClientError, TokenClient
-from proxy.tokens.manager import TokenFetchError
+from proxy.tokens.flows.client import Answer, ClientError, TokenClient
+from proxy.tokens.jsondoc import JSONObject, loads_object
+from proxy.tokens.token import TokenFetchError
 
 #: a token answer is a few KiB at most; anything past this is refused
 MAX_ANSWER = 1024 * 1024
@@ -42,11 +42,11 @@ async def request_json(
     *,
     headers: Mapping[str, str] | None = None,
     form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
-    json_body: Any = None,
+    json_body: object = None,
     what: str = "token endpoint",
     dpop: DPoPKey | None = None,
     on_resend: Callable[[], None] | None = None,
-) -> dict[str, Any]:
+) -> JSONObject:
     """Send one token request; the answer's JSON object, or :class:`TokenFetchError`.
 
     ``what`` names the endpoint in messages ("token endpoint", "refresh endpoint").
@@ -60,6 +60,24 @@ async def request_json(
     elif json_body is not None:
         body = json.dumps(json_body).encode("utf-8")
         hdrs.setdefault("Content-Type", "application/json")
+    answer = await _exchange(client, method, url, hdrs, body, what, dpop, on_resend)
+    if not 200 <= answer.status < 300:
+        retry_after = _retry_after(answer.headers.get("retry-after"))
+        raise _status_error(answer.status, answer.body, retry_after, what)
+    return _json_answer(answer, what)
+
+
+async def _exchange(
+    client: TokenClient,
+    method: str,
+    url: str,
+    hdrs: dict[str, str],
+    body: bytes | None,
+    what: str,
+    dpop: DPoPKey | None,
+    on_resend: Callable[[], None] | None,
+) -> Answer:
+    """The answer to one request; with DPoP, sent once more for a fresh nonce."""
     for attempt in range(2):
         if dpop is not None:
             hdrs["DPoP"] = dpop.proof(method, url)
@@ -82,32 +100,23 @@ async def request_json(
             break
         if on_resend is not None:
             on_resend()
-    status = answer.status
-    raw = answer.body
-    if not 200 <= status < 300:
-        retry_after = _retry_after(answer.headers.get("retry-after"))
-        raise _status_error(status, raw, retry_after, what)
+    return answer
+
+
+def _json_answer(answer: Answer, what: str) -> JSONObject:
+    """A successful answer's JSON object; an answer that is none is not retried."""
+    status, raw = answer.status, answer.body
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+        return loads_object(raw)
+    except TypeError:
+        problem = "with JSON that is not an object"
+    except ValueError:
         head = raw.lstrip()[:1]
         if "html" in answer.headers.get("content-type", "") or head == b"<":
-            raise TokenFetchError(
-                f"{what} answered {status} with HTML, not JSON (check the URL)", status=status,
-                retryable=False,
-            ) from None  # fmt: skip
-        raise TokenFetchError(
-            f"{what} answered {status} with invalid or truncated JSON",
-            status=status,
-            retryable=False,
-        ) from None
-    if not isinstance(data, dict):
-        raise TokenFetchError(
-            f"{what} answered {status} with JSON that is not an object",
-            status=status,
-            retryable=False,
-        )
-    return data
+            problem = "with HTML, not JSON (check the URL)"
+        else:
+            problem = "with invalid or truncated JSON"
+    raise TokenFetchError(f"{what} answered {status} {problem}", status=status, retryable=False)
 
 
 def _client_error(exc: ClientError, what: str) -> TokenFetchError:
@@ -136,13 +145,11 @@ def _too_large(status: int, what: str) -> TokenFetchError:
 def error_code(raw: bytes) -> str | None:
     """The provider's error code: OAuth2 ``error``, or ``error.code`` of an envelope."""
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(data, dict):
+        data = loads_object(raw)
+    except (TypeError, ValueError):
         return None
     err = data.get("error")
-    code: Any = err.get("code") if isinstance(err, dict) else err
+    code = err.get("code") if isinstance(err, dict) else err
     if isinstance(code, str) and _CODE.match(code):
         return code
     return None

@@ -11,19 +11,16 @@ RFC 7523 section 3 asks. The client may also authenticate (``client_auth``).
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 from proxy.config.model import JwtBearerAuth
 from proxy.jose import load_private_key, sign
-from proxy.tokens.flows.base import Flow
-from proxy.tokens.flows.client_credentials import client_fields, form_fields, oauth2_token
-from proxy.tokens.flows.http import request_json
-from proxy.tokens.token import Token
+from proxy.tokens.flows.oauth2 import Fields, OAuth2Flow, client_fields
+from proxy.tokens.token import Token, TokenFetchError
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
-class JwtBearerFlow(Flow[JwtBearerAuth]):
+class JwtBearerFlow(OAuth2Flow[JwtBearerAuth]):
     """Access tokens for a signed assertion; nothing to refresh, a new one each time."""
 
     grant = "jwt_bearer"
@@ -31,16 +28,16 @@ class JwtBearerFlow(Flow[JwtBearerAuth]):
     def assertion(self, now: float) -> str:
         auth = self.auth
         issued = int(now)
-        claims: dict[str, Any] = dict(auth.claims)
+        claims: dict[str, object] = dict(auth.claims)
         claims.update(
             jti=secrets.token_urlsafe(24), iat=issued, exp=issued + int(auth.assertion_ttl)
         )
         return sign(claims, load_private_key(auth.private_key), auth.key_id)
 
-    async def fetch(self, previous: Token | None) -> Token:
+    async def fetch(self, previous: Token | None, failure: TokenFetchError | None = None) -> Token:
         auth = self.auth
         now = self.clock.time()
-        fields: dict[str, Any] = {"grant_type": GRANT_TYPE, "assertion": self.assertion(now)}
+        fields: Fields = {"grant_type": GRANT_TYPE, "assertion": self.assertion(now)}
         headers: dict[str, str] = {}
         if auth.client_id:
             headers = client_fields(auth, auth.token_url, fields, now)
@@ -48,19 +45,4 @@ class JwtBearerFlow(Flow[JwtBearerAuth]):
             fields["resource"] = list(auth.resource)
         if auth.scope:
             fields["scope"] = auth.scope
-        fields.update(auth.extra)
-        async with self.counted(self.grant) as req:
-            data = await request_json(
-                self.client,
-                "POST",
-                auth.token_url,
-                headers=headers,
-                form=form_fields(fields),
-                dpop=self.dpop,
-                on_resend=req.resent,
-            )
-            return req.token(
-                oauth2_token(
-                    data, now=self.clock.time(), default_ttl=auth.default_ttl, how="jwt_bearer"
-                )
-            )
+        return await self.exchange(fields, headers, how="jwt_bearer")

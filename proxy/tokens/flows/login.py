@@ -13,7 +13,9 @@ Refresh when the previous token has what the refresh template needs (and its
 refresh token has not expired); when the refresh is refused, log in again.
 When the refresh endpoint itself is failing (network, 5xx), the error is
 raised so the manager backs off, rather than doubling the load on a provider
-that is down; a second such failure in a row falls back to logging in.
+that is down; a second such failure in a row falls back to logging in. The
+manager passes the last failure to :meth:`LoginFlow.fetch`: the flow keeps no
+count of its own (a source only fetches).
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from proxy.tokens.flows.base import Flow, RequestCounter
 from proxy.tokens.flows.client import TokenClient
 from proxy.tokens.flows.expiry import dig, earliest, jwt_exp, parse_instant, parse_lifetime
 from proxy.tokens.flows.http import request_json
-from proxy.tokens.manager import Token, TokenFetchError
+from proxy.tokens.jsondoc import JSONObject
+from proxy.tokens.token import Token, TokenFetchError
 
 log = logging.getLogger("authproxy.flows")
 
+#: the grant of a login flow's refresh requests (its logins are ``login``)
+REFRESH_GRANT = "login_refresh"
 ACCESS = "{access_token}"
 REFRESH = "{refresh_token}"
 
@@ -66,6 +71,11 @@ def _uses(spec: RequestSpec, placeholder: str) -> bool:
     return any(placeholder in s for s in _strings(parts))
 
 
+def _refresh_was_failing(failure: TokenFetchError | None) -> bool:
+    """The last fetch failed at a refresh endpoint that was failing (network, 5xx)."""
+    return failure is not None and failure.retryable and failure.grant == REFRESH_GRANT
+
+
 class LoginFlow(Flow[LoginAuth]):
     """Log in with a request template; refresh with another one when configured."""
 
@@ -83,36 +93,26 @@ class LoginFlow(Flow[LoginAuth]):
         refresh = auth.refresh
         self._refresh_needs_access = refresh is not None and _uses(refresh, ACCESS)
         self._refresh_needs_refresh = refresh is not None and _uses(refresh, REFRESH)
-        #: refresh attempts that failed in a row because the endpoint was failing
-        self._refresh_failures = 0
 
-    async def fetch(self, previous: Token | None) -> Token:
-        # The metrics label of the request made last: a refresh, or a login.
-        self.grant = "login"
-        if previous is not None and self.can_refresh(previous):
-            self.grant = "login_refresh"
+    async def fetch(self, previous: Token | None, failure: TokenFetchError | None = None) -> Token:
+        refresh = self.auth.refresh
+        if refresh is not None and previous is not None and self.can_refresh(previous):
             try:
-                tok = await self._send(
-                    self.auth.refresh,  # type: ignore[arg-type]
+                return await self._send(
+                    refresh,
                     self.auth.refresh_response or self.auth.response,
                     previous,
                     how="refresh",
                     what="refresh endpoint",
                 )
             except TokenFetchError as exc:
-                if exc.retryable and self._refresh_failures < 1:
-                    self._refresh_failures += 1
-                    raise
-                self.grant = "login"
+                if exc.retryable and not _refresh_was_failing(failure):
+                    raise  # the manager backs off; the next attempt may log in
                 log.info(
                     "refresh failed (%s); logging in again",
                     exc.message,
                     extra={"route": self.route},
                 )
-            else:
-                self._refresh_failures = 0
-                return tok
-        self._refresh_failures = 0
         return await self._send(self.auth.request, self.auth.response, previous, how="login")
 
     def can_refresh(self, previous: Token) -> bool:
@@ -139,7 +139,7 @@ class LoginFlow(Flow[LoginAuth]):
         headers = {str(k): str(fill(v, values)) for k, v in spec.headers.items()}
         form = fill(dict(spec.form), values) if spec.form is not None else None
         body = fill(spec.json, values) if spec.json is not None else None
-        async with self.counted("login_refresh" if how == "refresh" else "login") as req:
+        async with self.counted(REFRESH_GRANT if how == "refresh" else self.grant) as req:
             data = await request_json(
                 self.client,
                 spec.method,
@@ -153,7 +153,7 @@ class LoginFlow(Flow[LoginAuth]):
 
     def _token(
         self,
-        data: dict[str, Any],
+        data: JSONObject,
         mapping: ResponseSpec,
         previous: Token | None,
         *,
@@ -175,29 +175,34 @@ class LoginFlow(Flow[LoginAuth]):
         if expires_at is None:
             expires_at = now + self.auth.default_ttl
 
-        refresh: str | None = None
-        refresh_expires_at: float | None = None
+        refresh, refresh_expires_at = self._refresh(data, mapping, previous, how=how, now=now)
+        return Token(access, expires_at, refresh, refresh_expires_at, now, how)
+
+    def _refresh(
+        self,
+        data: JSONObject,
+        mapping: ResponseSpec,
+        previous: Token | None,
+        *,
+        how: str,
+        now: float,
+    ) -> tuple[str | None, float | None]:
+        """The refresh token of the answer and its expiry; without one, a refresh
+        keeps the one it used (no rotation)."""
+        kept = how == "refresh" and previous is not None
         if mapping.refresh_token:
             value = dig(data, mapping.refresh_token)
-            refresh = value if isinstance(value, str) and value else None
-            refresh_expires_at = self._expiry(
-                data, mapping.refresh_expires_at, mapping.refresh_expires_in, now
-            )
-        if refresh is None and how == "refresh" and previous is not None:
-            # No rotation: the refresh token we used stays valid.
-            refresh = previous.refresh_token
-            refresh_expires_at = previous.refresh_expires_at
-        return Token(
-            access_token=access,
-            expires_at=expires_at,
-            refresh_token=refresh,
-            refresh_expires_at=refresh_expires_at,
-            obtained_at=now,
-            how=how,
-        )
+            expiry = self._expiry(data, mapping.refresh_expires_at, mapping.refresh_expires_in, now)
+            if isinstance(value, str) and value:
+                return value, expiry
+            if not kept:
+                return None, expiry
+        if previous is not None and kept:
+            return previous.refresh_token, previous.refresh_expires_at
+        return None, None
 
     def _expiry(
-        self, data: dict[str, Any], at_path: str | None, in_path: str | None, now: float
+        self, data: JSONObject, at_path: str | None, in_path: str | None, now: float
     ) -> float | None:
         if at_path:
             raw = dig(data, at_path)

@@ -8,49 +8,25 @@ The body is form-encoded, as RFC 6749 requires and Invoiced insists.
 
 from __future__ import annotations
 
-from typing import Any
-
 from proxy.config.model import RefreshTokenAuth
-from proxy.tokens.flows.base import Flow
-from proxy.tokens.flows.client_credentials import client_fields, form_fields, oauth2_token
-from proxy.tokens.flows.http import request_json
-from proxy.tokens.manager import NeedsConsent, Token, TokenFetchError
+from proxy.tokens.flows.oauth2 import Fields, OAuth2Flow, client_fields
+from proxy.tokens.token import NeedsConsent, Token, TokenFetchError
 
 
-class RefreshTokenFlow(Flow[RefreshTokenAuth]):
+class RefreshTokenFlow(OAuth2Flow[RefreshTokenAuth]):
     """Access tokens from a long-lived (possibly rotating) refresh token."""
 
     grant = "refresh_token"
 
-    async def fetch(self, previous: Token | None) -> Token:
+    async def fetch(self, previous: Token | None, failure: TokenFetchError | None = None) -> Token:
         auth = self.auth
         refresh = (previous.refresh_token if previous is not None else None) or auth.refresh_token
         if not refresh:
             raise NeedsConsent(self.route)
-        fields: dict[str, Any] = {"grant_type": "refresh_token", "refresh_token": refresh}
+        fields: Fields = {"grant_type": "refresh_token", "refresh_token": refresh}
         headers = client_fields(auth, auth.token_url, fields, self.clock.time())
-        fields.update(auth.extra)
-        form = form_fields(fields)
         try:
-            async with self.counted(self.grant) as req:
-                data = await request_json(
-                    self.client,
-                    "POST",
-                    auth.token_url,
-                    headers=headers,
-                    form=form,
-                    dpop=self.dpop,
-                    on_resend=req.resent,
-                )
-                return req.token(
-                    oauth2_token(
-                        data,
-                        now=self.clock.time(),
-                        default_ttl=auth.default_ttl,
-                        how="refresh",
-                        refresh_token=refresh,
-                    )
-                )
+            return await self.exchange(fields, headers, how="refresh", refresh_token=refresh)
         except TokenFetchError as exc:
             if exc.error_code == "invalid_grant":
                 # The refresh token is dead (revoked, expired, or already rotated):
@@ -61,5 +37,6 @@ class RefreshTokenFlow(Flow[RefreshTokenAuth]):
                     status=exc.status,
                     retryable=False,
                     error_code=exc.error_code,
+                    grant=exc.grant,
                 ) from None
             raise

@@ -1,6 +1,6 @@
 """Token stores: where tokens live beyond one request, behind one small interface.
 
-- ``memory``: this process only (the default).
+- ``memory``: this process only (the default, ``proxy.tokens.stores.memory``).
 - ``file``: survives restarts (see ``proxy.tokens.stores.file``).
 - ``redis``: shared by replicas, with a refresh lock (see ``proxy.tokens.stores.redis_store``).
 
@@ -14,148 +14,22 @@ A store never raises out of ``lock``: when the shared lock cannot be had (Redis
 down, lock directory not writable) it falls back to a lock of this process, logs
 why and counts it, because a proxy that cannot coordinate must still serve.
 
-Stored tokens are encrypted with Fernet (the ``cryptography`` package) when
-``token_store.encryption_key`` is set; :class:`TokenCodec` does that for every
-persistent store.
+Persistent stores encode tokens with :class:`~proxy.tokens.stores.codec.TokenCodec`
+(Fernet-encrypted when ``token_store.encryption_key`` is set). This module
+chooses the store; the stores import only the codec and the memory store.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from proxy.config.model import TokenStoreConfig
-from proxy.tokens.manager import Token
+from proxy.tokens.stores.codec import StoreError, TokenCodec
+from proxy.tokens.stores.memory import MemoryStore
+from proxy.tokens.token import TokenStore
 
 if TYPE_CHECKING:
     from proxy.telemetry.metrics import Metrics
-
-
-class StoreError(Exception):
-    """The token store cannot be used as configured; the message says what to do."""
-
-
-class TokenStore(Protocol):
-    async def load(self, key: str) -> Token | None: ...
-    async def save(self, key: str, token: Token) -> None: ...
-    def lock(self, key: str) -> AbstractAsyncContextManager[None]: ...
-    async def close(self) -> None: ...
-
-
-class MemoryStore:
-    """Tokens in this process's memory. ``lock`` serialises tasks of this process."""
-
-    def __init__(self) -> None:
-        self._tokens: dict[str, Token] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def load(self, key: str) -> Token | None:
-        return self._tokens.get(key)
-
-    async def save(self, key: str, token: Token) -> None:
-        self._tokens[key] = token
-
-    @asynccontextmanager
-    async def lock(self, key: str) -> AsyncIterator[None]:
-        # Managers single-flight already; this matters only when two managers share
-        # a key in one process (a reload builds the new routes beside the old ones).
-        lk = self._locks.setdefault(key, asyncio.Lock())
-        async with lk:
-            yield
-
-    async def close(self) -> None:
-        self._tokens.clear()
-
-
-# -- encryption -------------------------------------------------------------------
-
-GENERATE_KEY = (
-    "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
-)
-
-
-class TokenCodec:
-    """Tokens to stored values and back; Fernet-encrypted when a key is given.
-
-    A stored value is a JSON object (plain) or a Fernet token string (encrypted).
-    Plain values are still read when a key is set, so that adding a key later
-    does not lose the stored refresh token; they are encrypted on the next save.
-    """
-
-    def __init__(self, key: str | None) -> None:
-        self.encrypted = bool(key)
-        self._fernet: Any = None
-        if key:
-            try:
-                from cryptography.fernet import Fernet
-            except ImportError:
-                raise StoreError(
-                    "token_store.encryption_key needs the cryptography package: "
-                    "pip install 'authproxy[crypto]'"
-                ) from None
-            try:
-                self._fernet = Fernet(key.strip().encode())
-            except (ValueError, TypeError):
-                raise StoreError(
-                    "token_store.encryption_key is not a Fernet key (32 url-safe "
-                    f"base64-encoded bytes); make one with: {GENERATE_KEY}"
-                ) from None
-
-    def encode(self, token: Token) -> Any:
-        data = token.to_dict()
-        if self._fernet is None:
-            return data
-        raw = json.dumps(data, separators=(",", ":")).encode()
-        return self._fernet.encrypt(raw).decode("ascii")
-
-    def encode_text(self, token: Token) -> str:
-        value = self.encode(token)
-        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-
-    def decode(self, value: Any, where: str) -> Token:
-        """The token in ``value``; ``where`` names it in errors (never its content)."""
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        if isinstance(value, str) and value.lstrip().startswith("{"):
-            value = _json_object(value, where)
-        if isinstance(value, dict):
-            return _token(value, where)
-        if not isinstance(value, str):
-            raise StoreError(f"{where}: not a stored token")
-        if self._fernet is None:
-            raise StoreError(f"{where} is encrypted, but token_store.encryption_key is not set")
-        from cryptography.fernet import InvalidToken
-
-        try:
-            raw = self._fernet.decrypt(value.encode("ascii"))
-        except (InvalidToken, ValueError, UnicodeEncodeError):
-            raise StoreError(
-                f"cannot decrypt {where}: token_store.encryption_key is not the key "
-                "it was written with"
-            ) from None
-        return _token(_json_object(raw.decode("utf-8", "replace"), where), where)
-
-
-def _json_object(text: str, where: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise StoreError(f"{where}: not valid JSON") from None
-    if not isinstance(data, dict):
-        raise StoreError(f"{where}: not a stored token")
-    return data
-
-
-def _token(data: dict[str, Any], where: str) -> Token:
-    if not isinstance(data.get("access_token"), str):
-        raise StoreError(f"{where}: not a stored token (no access_token)")
-    try:
-        return Token.from_dict(data)
-    except TypeError:
-        raise StoreError(f"{where}: not a stored token") from None
 
 
 # -- choosing one -----------------------------------------------------------------
@@ -211,3 +85,9 @@ def store_line(store: object) -> str:
     where = f" at {st['where']}" if st.get("where") else ""
     reason = f" ({st['reason']})" if st.get("reason") else ""
     return f"token store: {st['type']}{where}, {st['state']}{reason}"
+
+
+__all__ = [
+    "MemoryStore", "StoreError", "TokenCodec", "TokenStore", "describe", "open_store",
+    "store_line", "store_state",
+]  # fmt: skip

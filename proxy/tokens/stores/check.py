@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.config.model import Config
 from proxy.config.store import CALL_BOUND
+from proxy.tokens.keys import store_key
 
 STEP_TIMEOUT = 4 * CALL_BOUND
 
@@ -29,8 +30,7 @@ async def connect_check(config: Config) -> tuple[list[str], list[str]]:
     ts = config.token_store
     if ts.type != "redis":
         return [f"token store {ts.type}: nothing to connect to"], []
-    from proxy.proxying.route import auth_fingerprint
-    from proxy.tokens.stores.base import StoreError, TokenCodec
+    from proxy.tokens.stores.codec import StoreError, TokenCodec
     from proxy.tokens.stores.redis_store import RedisStore
     from proxy.tokens.stores.redis_topology import name_error
 
@@ -58,7 +58,7 @@ async def connect_check(config: Config) -> tuple[list[str], list[str]]:
             failed.append(f"{at}: {mismatch}")
             raise _Stop
         for route in config.routes:
-            key = f"{route.name}:{auth_fingerprint(route)}"
+            key = store_key(route)
             await step(f"route {route.name}: read", client.get(store.key("token", key)))
         probe = store.key("probe", "check")
         await step("write", client.set(probe, "1", px=2000))

@@ -31,8 +31,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from proxy.tokens.manager import Token
-from proxy.tokens.stores.base import StoreError, TokenCodec
+from proxy.tokens.stores.codec import StoreError, TokenCodec
+from proxy.tokens.token import Token
 
 if TYPE_CHECKING:
     from proxy.telemetry.metrics import Metrics

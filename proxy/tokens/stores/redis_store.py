@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from proxy.config.model import TokenStoreConfig
 from proxy.config.store import CALL_BOUND
-from proxy.tokens.manager import Token
-from proxy.tokens.stores.base import MemoryStore, StoreError, TokenCodec
+from proxy.tokens.stores.codec import StoreError, TokenCodec
 from proxy.tokens.stores.health import StoreHealth
+from proxy.tokens.stores.memory import MemoryStore
 from proxy.tokens.stores.redis_lock import RefreshLock, Unavailable
 from proxy.tokens.stores.redis_topology import build_client, name_error, where
+from proxy.tokens.token import Token
 
 if TYPE_CHECKING:
     from proxy.telemetry.metrics import Metrics

@@ -1,8 +1,7 @@
-"""When the token layer acts: the refresh window, the backoff steps, and the
-cooldown that stops a refused fresh token from being replaced again and again.
+"""The cooldown that stops a refused fresh token from being replaced again and again.
 
-Pure arithmetic on the injected clock's time, plus one cachetools map; the
-:class:`~proxy.tokens.manager.TokenManager` applies them.
+Pure arithmetic on the injected clock's time, plus one cachetools map (the
+per-entry lifetimes, for the jitter, are what ``TLRUCache`` adds to ``TTLCache``).
 """
 
 from __future__ import annotations
@@ -10,62 +9,15 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from cachetools import TLRUCache
 
-from proxy.errors import ProxyError, TokenBackoff, TokenUnavailable
-from proxy.tokens.token import Token, TokenFetchError
-
 log = logging.getLogger("authproxy.tokens")
 
-#: the default ``backoff_cap``: a route is back within about this long after its
-#: token endpoint heals (design.md, "Additions planned")
-BACKOFF_CAP = 10.0
 #: the default ``refused_cooldown``
 REFUSED_COOLDOWN = 5.0
 #: replicas spread their cooldowns over [cooldown, cooldown * (1 + this)]
 COOLDOWN_JITTER = 0.2
-
-
-def refresh_at(tok: Token, refresh_before: float, fetch_time: float) -> float | None:
-    """When a background refresh starts, or None for a token that never expires.
-
-    ``refresh_before`` ahead of expiry, at most half the lifetime ahead (so that
-    short-lived tokens are still used), and in any case early enough that a fetch
-    taking ``fetch_time`` (the route's ``token_timeout``) ends before the token
-    stops being sent: with ``refresh_before: 1s`` the window used to open when the
-    token was already unusable, and requests waited for the whole fetch.
-    """
-    if tok.expires_at is None:
-        return None
-    lifetime = max(0.0, tok.expires_at - tok.obtained_at)
-    usable_until = tok.expires_at - tok.skew
-    usable_for = max(0.0, usable_until - tok.obtained_at)
-    configured = tok.expires_at - min(refresh_before, lifetime / 2)
-    latest = usable_until - min(fetch_time, usable_for / 2)
-    return min(configured, latest)
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter, on the injected clock.
-
-    ``cap`` is the route's ``backoff_cap``: the longest step, so the route comes
-    back at most ``cap`` after its token endpoint heals.
-    """
-
-    base: float = 0.5
-    cap: float = BACKOFF_CAP
-    rand: Callable[[], float] = field(default=random.random)
-
-    def delay(self, attempt: int) -> float:
-        # A cap under the first step (backoff_cap: 0) must not mean "retry at once".
-        cap = max(self.cap, self.base)
-        ceiling: float = min(cap, self.base * (2.0 ** max(0, attempt - 1)))
-        # Jittered, but never less than half the step: replicas spread out and
-        # the provider still sees at most one attempt per step.
-        return ceiling * (0.5 + 0.5 * self.rand())
 
 
 class RefusalCooldown:
@@ -159,28 +111,3 @@ class RefusalCooldown:
             self._logged = False
         if self.cooldown > 0:
             self._recent["replaced"] = self.cooldown * (1.0 + COOLDOWN_JITTER * self._rand())
-
-
-def failure_wait(
-    backoff: Backoff, attempts: int, exc: TokenFetchError, spends_refresh: bool, timeout: float
-) -> float:
-    """How long after a failed token request the next one may start."""
-    wait = backoff.delay(attempts)
-    if exc.retry_after is not None:
-        wait = max(wait, exc.retry_after)
-    if exc.lost and spends_refresh:
-        # The provider may still be working on the refresh whose answer we lost,
-        # and may have rotated the refresh token already. Presenting it again
-        # sooner than it had to answer the first one is what reuse detection
-        # (oidc-provider) punishes by revoking the grant: wait at least that long.
-        wait = max(wait, timeout)
-    return wait
-
-
-def as_proxy_error(route: str, exc: TokenFetchError, wait: float | None) -> ProxyError:
-    """What a caller answers for a failed fetch: 503 while backing off, else 502."""
-    if exc.retryable and wait is not None and wait > 0:
-        return TokenBackoff(
-            f"{exc.message}; retrying in {wait:.0f}s", route=route, retry_after=wait
-        )
-    return TokenUnavailable(exc.message, route=route)
