@@ -40,16 +40,20 @@ class ProxyProcess:
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
     ):
-        self.port = free_port()
-        self.admin_port = free_port()
         self.config = tmp / f"{name}.yaml"
-        text = f"listen: 127.0.0.1:{self.port}\nadmin_listen: 127.0.0.1:{self.admin_port}\n"
-        self.config.write_text(text + textwrap.dedent(body))
+        self.body = textwrap.dedent(body)
+        self._choose_ports()
         self.log = tmp / f"{name}.log"
         self.env = env or {}
         #: more ``serve`` options (``--workers 3``)
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+        self.admin_port = free_port()
+        text = f"listen: 127.0.0.1:{self.port}\nadmin_listen: 127.0.0.1:{self.admin_port}\n"
+        self.config.write_text(text + self.body)
 
     @property
     def url(self) -> str:
@@ -71,9 +75,22 @@ class ProxyProcess:
 
     async def wait_healthy(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
+        rebinds = 3
         async with aiohttp.ClientSession() as s:
             while time.monotonic() < deadline:
                 assert self.proc is not None
+                if (
+                    self.proc.poll() is not None
+                    and rebinds
+                    and "address already in use" in (self.logs())
+                ):
+                    # Another process (a parallel suite) took a port free_port()
+                    # found free: not what is under test; other ports, once more.
+                    rebinds -= 1
+                    self.log.write_text("")
+                    self._choose_ports()
+                    self.start()
+                    continue
                 if self.proc.poll() is not None:
                     raise AssertionError(f"proxy exited {self.proc.returncode}:\n{self.logs()}")
                 try:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import base64
 import secrets
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
+from proxy.config.model import ClientCredentialsAuth, JwtBearerAuth, RefreshTokenAuth
 from proxy.jose import ALIASES, load_private_key, sign
 
 #: RFC 7523 section 2.2
@@ -46,19 +46,20 @@ class ClientAuth:
     method: str
     client_id: str
     client_secret: str
-    private_key: Any = None
+    #: the loaded ``private_key`` (a ``cryptography`` key), for ``private_key_jwt``
+    private_key: object = None
     key_id: str | None = None
 
     @classmethod
-    def of(cls, auth: Any) -> ClientAuth:
-        """From an auth config with ``client_id``, ``client_secret``, ``client_auth``
-        and optionally ``private_key``/``key_id``."""
+    def of(cls, auth: ClientCredentialsAuth | RefreshTokenAuth | JwtBearerAuth) -> ClientAuth:
+        """From an RFC 6749 flow's auth config: ``client_id``, ``client_secret``,
+        ``client_auth``, ``private_key`` and ``key_id``."""
         method = ALIASES.get(auth.client_auth, auth.client_auth)
-        pem = getattr(auth, "private_key", None)
+        pem = auth.private_key
         key = load_private_key(pem) if pem and method == "private_key_jwt" else None
-        return cls(method, auth.client_id, auth.client_secret, key, getattr(auth, "key_id", None))
+        return cls(method, auth.client_id, auth.client_secret, key, auth.key_id)
 
-    def apply(self, fields: dict[str, Any], token_url: str, now: float) -> dict[str, str]:
+    def apply(self, fields: dict[str, object], token_url: str, now: float) -> dict[str, str]:
         """Add client authentication to ``fields``; returns the headers it needs."""
         if self.method == "client_secret_basic":
             return {"Authorization": basic_auth(self.client_id, self.client_secret)}
@@ -74,7 +75,7 @@ class ClientAuth:
             fields["client_id"] = self.client_id
         return {}
 
-    def claims(self, audience: str, now: float) -> dict[str, Any]:
+    def claims(self, audience: str, now: float) -> dict[str, object]:
         """The claims of a client assertion (RFC 7523 section 3)."""
         issued = int(now)
         return {

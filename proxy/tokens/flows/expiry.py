@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any
 
 #: an epoch number larger than this is in milliseconds (year 5138 in seconds)
 _MS_THRESHOLD = 1e11
 
 
-def dig(data: Any, path: str) -> Any:
+def dig(data: object, path: str) -> object:
     """The value at dotted ``path`` (``data.access_token``) in a JSON answer, or None."""
     node = data
     for part in path.split("."):
@@ -32,7 +31,7 @@ def dig(data: Any, path: str) -> Any:
     return node
 
 
-def _number(value: Any) -> float | None:
+def _number(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -47,7 +46,7 @@ def _number(value: Any) -> float | None:
     return num if math.isfinite(num) else None
 
 
-def parse_instant(value: Any) -> float | None:
+def parse_instant(value: object) -> float | None:
     """An absolute expiry as epoch seconds, or None when ``value`` is not one."""
     num = _number(value)
     if num is not None:
@@ -66,7 +65,7 @@ def parse_instant(value: Any) -> float | None:
     return moment.timestamp()
 
 
-def parse_lifetime(value: Any) -> float | None:
+def parse_lifetime(value: object) -> float | None:
     """``expires_in`` as seconds, or None when ``value`` is not a number."""
     num = _number(value)
     return num if num is not None and num >= 0 else None

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from proxy.clock import Clock
 from proxy.config.model import LoginAuth, RequestSpec, ResponseSpec
@@ -41,13 +40,18 @@ ACCESS = "{access_token}"
 REFRESH = "{refresh_token}"
 
 
-def fill(value: Any, values: Mapping[str, str]) -> Any:
+def fill_text(value: str, values: Mapping[str, str]) -> str:
+    """``value`` with every placeholder replaced (never ``str.format``)."""
+    for placeholder, text in values.items():
+        if placeholder in value:
+            value = value.replace(placeholder, text)
+    return value
+
+
+def fill(value: object, values: Mapping[str, str]) -> object:
     """``value`` with every placeholder in its strings replaced, recursively."""
     if isinstance(value, str):
-        for placeholder, text in values.items():
-            if placeholder in value:
-                value = value.replace(placeholder, text)
-        return value
+        return fill_text(value, values)
     if isinstance(value, dict):
         return {k: fill(v, values) for k, v in value.items()}
     if isinstance(value, list):
@@ -55,7 +59,7 @@ def fill(value: Any, values: Mapping[str, str]) -> Any:
     return value
 
 
-def _strings(value: Any) -> list[str]:
+def _strings(value: object) -> list[str]:
     if isinstance(value, str):
         return [str.__str__(value)]
     if isinstance(value, dict):
@@ -137,13 +141,15 @@ class LoginFlow(Flow[LoginAuth]):
             REFRESH: (previous.refresh_token or "") if previous is not None else "",
         }
         headers = {str(k): str(fill(v, values)) for k, v in spec.headers.items()}
-        form = fill(dict(spec.form), values) if spec.form is not None else None
+        form = None
+        if spec.form is not None:
+            form = {k: fill_text(v, values) for k, v in spec.form.items()}
         body = fill(spec.json, values) if spec.json is not None else None
         async with self.counted(REFRESH_GRANT if how == "refresh" else self.grant) as req:
             data = await request_json(
                 self.client,
                 spec.method,
-                fill(spec.url, values),
+                fill_text(spec.url, values),
                 headers=headers,
                 form=form,
                 json_body=body,

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from proxy.config.model import Config
 from proxy.config.store import CALL_BOUND
 from proxy.tokens.keys import store_key
 
 STEP_TIMEOUT = 4 * CALL_BOUND
+
+T = TypeVar("T")
 
 
 class _Stop(Exception):
@@ -42,7 +45,7 @@ async def connect_check(config: Config) -> tuple[list[str], list[str]]:
     failed: list[str] = []
     at = f"token store redis at {store.where}"
 
-    async def step(label: str, aw: Any) -> Any:
+    async def step(label: str, aw: Awaitable[T]) -> T:
         try:
             return await asyncio.wait_for(aw, STEP_TIMEOUT)
         except Exception as exc:

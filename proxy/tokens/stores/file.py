@@ -29,8 +29,9 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from proxy.tokens.jsondoc import loads_object
 from proxy.tokens.stores.codec import StoreError, TokenCodec
 from proxy.tokens.token import Token
 
@@ -147,7 +148,7 @@ class FileStore:
                 "create a temporary file beside the store"
             )
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self) -> dict[str, object]:
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()
@@ -156,24 +157,26 @@ class FileStore:
         if not raw.strip():
             return {}
         try:
-            doc = json.loads(raw)
+            doc = loads_object(raw)
         except ValueError:
             raise StoreError(
                 f"{self.path} is not a token store file (invalid JSON); move it away"
             ) from None
-        tokens = doc.get("tokens") if isinstance(doc, dict) else None
+        except TypeError:
+            doc = {}
+        tokens = doc.get("tokens")
         if not isinstance(tokens, dict):
             raise StoreError(f"{self.path} is not a token store file; move it away")
         return tokens
 
-    def _update(self, key: str, value: Any) -> None:
+    def _update(self, key: str, value: object) -> None:
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
         with self._flock(self._write_lock):
             entries = self._read()
             entries[key] = value
             self._write({"version": VERSION, "tokens": entries})
 
-    def _write(self, doc: dict[str, Any]) -> None:
+    def _write(self, doc: dict[str, object]) -> None:
         data = json.dumps(doc, indent=1, sort_keys=True).encode()
         name = os.path.basename(self.path)
         # mkstemp creates the file 0600, in the same directory so that rename is atomic

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxy.telemetry.metrics import Metrics
@@ -67,7 +67,7 @@ class StoreHealth:
         if self.metrics is not None:
             self.metrics.token_store_errors.labels(operation).inc()
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> dict[str, object]:
         """For /readyz and /status: never a URL with credentials, never a token."""
         return {
             "type": self.kind,

@@ -124,7 +124,7 @@ class RedisStore:
         """True while replicas share tokens and the lock through this store."""
         return self.health.up
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, object]:
         return self.health.view()
 
     # -- the interface ------------------------------------------------------------
