@@ -26,16 +26,17 @@ from proxy.errors import (
     ProxyError,
     error_answer,
 )
-from proxy.http1 import Request, Server
-from proxy.http_errors import refusal_answer
+from proxy.http1.request import Request
+from proxy.http1.server import Server
 from proxy.ops.admin import admin_handler
+from proxy.proxying.exchange import Exchange, new_request_id
 from proxy.proxying.forward import forward
-from proxy.proxying.refusals import Refusals
+from proxy.proxying.refusals import Refusals, refusal_answer
 from proxy.proxying.replay import ReplayBudget
-from proxy.proxying.route import RouteRuntime
-from proxy.proxying.routing import Router
-from proxy.telemetry.logs import Exchange, access_log, remember_secrets
+from proxy.proxying.router import Router
+from proxy.proxying.runtime import RouteRuntime
 from proxy.telemetry.logs import access as log_access
+from proxy.telemetry.logs import access_log, remember_secrets
 from proxy.telemetry.metrics import Metrics, method_label
 from proxy.tokens.stores.base import TokenStore, open_store
 
@@ -260,7 +261,7 @@ class Proxy:
         """Answer one request on the proxy port; never raises for the client's sake."""
         started = time.perf_counter()
         route: RouteRuntime | None = None
-        ex = Exchange(request.request_id or request.new_id())
+        ex = Exchange(request.request_id or new_request_id())
         try:
             if request.method == "CONNECT":
                 raise MethodNotAllowed("CONNECT is not served: authproxy is not an open proxy")
@@ -301,6 +302,8 @@ class Proxy:
         if route is not None:
             route.count(method_label(request.method), status)
             route.m_duration.observe(elapsed)
+        else:  # refused before any route (no route, CONNECT, allow_from): route=""
+            self.metrics.requests.labels("", method_label(request.method), str(status)).inc()
         if access_log.isEnabledFor(logging.INFO):
             log_access(
                 route.name if route else "",
@@ -341,6 +344,7 @@ class Proxy:
         status, headers, body = error_answer(err)
         headers.append((b"X-Request-Id", ex.request_id.encode("latin-1", "replace")))
         request.error_code = err.code
+        ex.bytes_out = len(body)
         try:
             request.respond(status, headers, body, close=close)
         except ConnectionError:

@@ -1,7 +1,10 @@
 """The one place where the HTTP/1.1 layer's errors become the contract's.
 
 Like httpx's ``map_httpcore_exceptions``: :mod:`proxy.http1` knows nothing of the
-proxy's error codes, and nothing else here matches on its error classes.
+proxy's error codes, and nothing else on the data path matches on its error
+classes. (The token client's transport errors become ``TokenFetchError`` in
+:mod:`proxy.tokens.flows.http`, worded for the endpoint; the whole tree is drawn
+in :mod:`proxy.errors`.)
 """
 
 from __future__ import annotations
@@ -16,17 +19,15 @@ from proxy.errors import (
     UpstreamUnavailable,
     UriTooLong,
     VersionNotSupported,
-    error_answer,
 )
 from proxy.http1.errors import (
-    Closed,
-    ConnectError,
+    HandlerFailed,
     Http1Error,
-    ProtocolError,
+    LineTooLong,
     Timeout,
-    TLSError,
     TooLarge,
     UpgradeRefused,
+    VersionRefused,
 )
 
 
@@ -41,35 +42,17 @@ def client_refusal(exc: Http1Error) -> ProxyError:
     """A request the server refused while reading it (or its body)."""
     if isinstance(exc, UpgradeRefused):
         return UpgradeNotSupported(exc.message)
+    if isinstance(exc, LineTooLong):
+        return UriTooLong(exc.message)
     if isinstance(exc, TooLarge):
-        return UriTooLong(exc.message) if exc.status == 414 else HeadTooLarge(exc.message)
+        return HeadTooLarge(exc.message)
     if isinstance(exc, Timeout):
         return RequestTimeout(exc.message)
-    if exc.status == 505:
+    if isinstance(exc, VersionRefused):
         return VersionNotSupported(exc.message)
-    if exc.status >= 500:
+    if isinstance(exc, HandlerFailed):
         return ProxyError("internal error in authproxy")
     return BadRequest(exc.message)
 
 
-def refusal_answer(exc: Http1Error) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The contract's answer for a refusal made while parsing (the server's hook)."""
-    return error_answer(client_refusal(exc))
-
-
-def token_client_kind(exc: Http1Error) -> tuple[str, str]:
-    """How a token endpoint exchange failed, as ``flows.client.ClientError`` kinds."""
-    if isinstance(exc, Timeout):
-        return "timeout", ""
-    if isinstance(exc, TLSError):
-        return "tls", exc.detail
-    if isinstance(exc, ConnectError):
-        return "connect", exc.detail
-    if isinstance(exc, TooLarge):
-        return "too_large", ""
-    if isinstance(exc, ProtocolError) and not isinstance(exc, Closed):
-        return "invalid", "malformed answer"
-    return "cut", ""
-
-
-__all__ = ["client_refusal", "refusal_answer", "token_client_kind", "upstream_error"]
+__all__ = ["client_refusal", "upstream_error"]

@@ -112,7 +112,9 @@ async def test_metrics_carry_every_family_with_bounded_labels(
     assert {lab["method"] for lab in samples(req, "_total")} <= {
         "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
     }  # fmt: skip
-    assert {lab["route"] for lab in samples(req, "_total")} == {"inv", "gp"}
+    # A request that matches no route is counted under route="" (issue 14).
+    assert {lab["route"] for lab in samples(req, "_total")} == {"inv", "gp", ""}
+    assert value(req, "_total", route="", method="GET", code="404") == 1
     assert value(fams["authproxy_request_duration_seconds"], "_count", route="inv") == 4
     assert value(fams["authproxy_upstream_duration_seconds"], "_count", route="gp") == 4
     tok = fams["authproxy_token_requests"]

@@ -166,4 +166,4 @@ def test_the_walk_sees_a_cycle_and_an_upward_edge(tmp_path: Path) -> None:
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(edges) == [["a", "b", "c"]]
     assert layer("proxy.cli.main") > layer("proxy.http1.pool") > layer("proxy.errors")
-    assert "proxy.tokens.manager" in graph()["proxy.proxying.route"]
+    assert "proxy.tokens.manager" in graph()["proxy.proxying.runtime"]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import BadRequest, NoRoute
-from proxy.proxying.routing import Router, check_decoded, check_rest, join_upstream
+from proxy.proxying.router import Router, check_decoded, check_rest, join_upstream
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from proxy.cli.common import load, run
 from proxy.clock import SystemClock
 from proxy.errors import ProxyError
 from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from proxy.proxying.route import RouteRuntime
+from proxy.proxying.runtime import RouteRuntime
 from proxy.telemetry import logs as logs
 from proxy.telemetry.metrics import Metrics
 from proxy.tokens.stores.base import StoreError, open_store

@@ -17,23 +17,20 @@ The small API the proxy uses:
 from __future__ import annotations
 
 from proxy.http1.client import HOP_BY_HOP
-from proxy.http1.deadlines import Deadlines
 from proxy.http1.errors import Http1Error
 from proxy.http1.flow import Interrupted
 from proxy.http1.pool import Pool, open_connection
-from proxy.http1.request import Request, new_request_id
+from proxy.http1.request import Request
 from proxy.http1.response import Response
 from proxy.http1.server import Server
 
 __all__ = [
     "HOP_BY_HOP",
-    "Deadlines",
     "Http1Error",
     "Interrupted",
     "Pool",
     "Request",
     "Response",
     "Server",
-    "new_request_id",
     "open_connection",
 ]

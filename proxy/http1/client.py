@@ -23,16 +23,13 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
 from proxy.http1.errors import Closed, Http1Error, ProtocolError, TooLarge
 from proxy.http1.flow import HIGH_WATER, LOW_WATER, Flow
 from proxy.http1.response import Response
-
-if TYPE_CHECKING:
-    from proxy.http1.pool import Pool
 
 #: buffered body chunks up to this much in all are joined into one write
 _JOIN_LIMIT = 64 * 1024
@@ -53,10 +50,20 @@ _LOOK_LENGTHS = frozenset(len(h) for h in HOP_BY_HOP | {b"content-length"})
 Interim = Callable[[int, str, list[bytes]], None]
 
 
+class Keeper(Protocol):
+    """Where a connection goes back after an exchange (:class:`proxy.http1.pool.Pool`)."""
+
+    def put(self, conn: Connection) -> None:
+        """Keep ``conn`` for the next exchange (its answer was read to the end)."""
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` is closed: never hand it out again."""
+
+
 class Connection(Flow):
     """One keep-alive connection. Parser callbacks run inside ``data_received``."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Keeper) -> None:
         super().__init__()
         self.pool = pool
         self.parser = httptools.HttpResponseParser(self)
@@ -73,20 +80,24 @@ class Connection(Flow):
         self._active = False
         self.interim: Interim | None = None
         self.on_early: Callable[[], None] | None = None
-        self._lines: list[bytes] = []
-        self._length: bytes | None = None
-        self._connection: list[bytes] | None = None
-        self._reason = b""
         self._head: asyncio.Future[Response] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._complete = False
         self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
         self._keep_alive = True
         self._skip_body = False
         self._got_head = False
         self._in_interim = False
+        self._new_head()
+
+    def _new_head(self) -> None:
+        """Forget the head read so far: a new exchange, or the final answer after a 1xx."""
+        #: the fields as the pieces of their lines (see Response.lines)
+        self._lines: list[bytes] = []
+        self._length: bytes | None = None
+        self._connection: list[bytes] | None = None
+        self._reason = b""
         self._close_delimited = True
         self._head_bytes = 0
         self._fields = 0
@@ -145,7 +156,7 @@ class Connection(Flow):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.lost = True
-        self.pool._forget(self)
+        self.pool.forget(self)
         if not self._complete:
             self._fail(Closed("upstream closed the connection mid-answer"))
         self._wake_writer()
@@ -191,13 +202,7 @@ class Connection(Flow):
             if interim is not None:
                 interim(status, self._reason.decode("latin-1"), self._lines)
             self._in_interim = True
-            self._lines = []
-            self._length = None
-            self._connection = None
-            self._reason = b""
-            self._close_delimited = True
-            self._head_bytes = 0
-            self._fields = 0
+            self._new_head()
             return
         self._keep_alive = self.parser.should_keep_alive()
         self._got_head = True
@@ -215,7 +220,9 @@ class Connection(Flow):
         head = self._head
         if head is not None and not head.done():
             reason = self._reason.decode("latin-1")
-            head.set_result(Response(self, status, reason))
+            head.set_result(
+                Response(self, status, reason, self._lines, self._length, self._connection)
+            )
         if self._skip_body:
             # A HEAD answer has no body whatever its Content-Length says; llhttp cannot be
             # told so from here, so this connection is not reused.
@@ -230,25 +237,16 @@ class Connection(Flow):
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self.read_paused:
             self.pause_reading()
-        waiter = self._waiter  # _wake(), inline
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def on_message_complete(self) -> None:
         if self._in_interim:
             self._in_interim = False  # the end of a 1xx: the final answer follows
             return
         self._complete = True
-        waiter = self._waiter  # _wake(), inline
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     # -- the exchange -------------------------------------------------------------
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _fail(self, exc: Exception) -> None:
         if self._error is None:
@@ -266,10 +264,7 @@ class Connection(Flow):
         if loop is None:
             loop = self._get_loop()
         head = self._head = loop.create_future()
-        self._lines = []
-        self._length = None
-        self._connection = None
-        self._reason = b""
+        self._new_head()
         if self._chunks:
             self._chunks.clear()
         self._buffered = 0
@@ -277,10 +272,7 @@ class Connection(Flow):
         self._error = None
         self._skip_body = skip_body
         self._got_head = False
-        self._close_delimited = True
         self._active = True
-        self._head_bytes = 0
-        self._fields = 0
         self.early = False
         self.got_answer = False
         return head
@@ -309,16 +301,14 @@ class Connection(Flow):
                 return b""
             if self._error is not None:
                 raise self._error
-            self._waiter = self._get_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self.wait()
 
-    def take_buffered(self) -> bytes:
+    def read_ready(self) -> tuple[bytes, bool]:
+        """What of the body has arrived and was not read yet (see Response.read_ready),
+        and whether that was the rest of it."""
         chunks = self._chunks
         if not chunks:
-            return b""
+            return b"", self._complete
         if len(chunks) == 1 or self._buffered > _JOIN_LIMIT:
             data = chunks.popleft()
             self._buffered -= len(data)
@@ -329,14 +319,14 @@ class Connection(Flow):
             self._buffered = 0
         if self.read_paused and self._buffered < LOW_WATER:
             self.resume_reading()
-        return data
+        return data, self._complete and not chunks
 
     def finish(self) -> None:
         self._active = False
         self.interim = self.on_early = None
         if self._complete and self._keep_alive and not self.closed and self._error is None:
             self.reused = True
-            self.pool._put(self)
+            self.pool.put(self)
         else:
             self.abort()
 
@@ -345,7 +335,7 @@ class Connection(Flow):
         if self.transport is not None and not self.closed:
             self.transport.abort()
         self.closed = True
-        self.pool._forget(self)
+        self.pool.forget(self)
 
 
-__all__ = ["HOP_BY_HOP", "Connection", "Interim"]
+__all__ = ["HOP_BY_HOP", "Connection", "Interim", "Keeper"]

@@ -8,18 +8,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import httptools
 
-from proxy.http1.errors import Http1Error, ProtocolError, TooLarge
+from proxy.http1.errors import Http1Error, LineTooLong, ProtocolError, TooLarge, VersionRefused
 from proxy.http1.flow import HIGH_WATER, LOW_WATER, Flow
 from proxy.http1.request import Request
-from proxy.http1.turns import serve
-
-if TYPE_CHECKING:
-    from proxy.http1.server import Server
+from proxy.http1.turns import ErrorAnswer, Handler, Settings, serve
 
 #: pause reading when this many pipelined requests, or this many bytes of their
 #: heads, wait for their turn
@@ -45,8 +42,24 @@ _NOTED_LENGTHS = frozenset(
 #: RFC 3986 host [":" port]: an IP literal, or reg-name / IPv4 characters
 _HOST_RE = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?\Z")
 
-Handler = Callable[[Request], Awaitable[None]]
-ErrorAnswer = Callable[[Http1Error], tuple[int, list[tuple[bytes, bytes]], bytes]]
+
+class Serving(Settings, Protocol):
+    """What a connection reads of its server (:class:`proxy.http1.server.Server`)."""
+
+    @property
+    def max_header_size(self) -> int: ...
+
+    @property
+    def max_head_size(self) -> int: ...
+
+    @property
+    def idle_timeout(self) -> float: ...
+
+    @property
+    def connections(self) -> set[Connection]: ...
+
+    @property
+    def on_refused(self) -> Callable[[Http1Error, str | None], None] | None: ...
 
 
 def plain_answer(err: Http1Error) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -56,7 +69,14 @@ def plain_answer(err: Http1Error) -> tuple[int, list[tuple[bytes, bytes]], bytes
 class Connection(Flow):
     """One client connection; its task serves the requests on it one after another."""
 
-    def __init__(self, server: Server) -> None:
+    #: the head being parsed (set by on_message_begin): its target so far, its size
+    #: as received and as accounted for by complete fields, its field count
+    _url: bytes
+    _head_bytes: int
+    _accounted: int
+    _fields: int
+
+    def __init__(self, server: Serving) -> None:
         super().__init__()
         self.server = server
         self.peer: str | None = None
@@ -71,16 +91,12 @@ class Connection(Flow):
         self._queued_bytes = 0
         #: the request whose head or body the parser is reading
         self._parsing: Request | None = None
-        self._url = b""
+        self.on_message_begin()
         self._in_head = False
         self._began = False
-        self._head_bytes = 0
-        self._accounted = 0
-        self._fields = 0
         #: no more requests will be read on this connection
         self._no_more = False
         self._discard = False
-        self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._eof = False
         #: the request being handled
@@ -188,7 +204,7 @@ class Connection(Flow):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self._max_field:
-            raise TooLarge("the request line is too long", status=414)
+            raise LineTooLong("the request line is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
@@ -248,7 +264,7 @@ class Connection(Flow):
             )
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
-            raise ProtocolError(f"HTTP/{version} is not supported here", status=505)
+            raise VersionRefused(f"HTTP/{version} is not supported here")
         req.version_10 = version_10 = version == "1.0"
         if version_10 and req.chunked:
             # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (an
@@ -272,9 +288,7 @@ class Connection(Flow):
         self._queued_bytes += size
         if len(self._queue) > _MAX_QUEUED or self._queued_bytes > _MAX_QUEUED_BYTES:
             self.pause_reading()
-        waiter = self._waiter  # _wake(), inline
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def on_body(self, body: bytes) -> None:
         req = self._parsing
@@ -291,24 +305,9 @@ class Connection(Flow):
         if req is not None:
             req._complete = True
         self._parsing = None
-        waiter = self._waiter  # _wake(), inline
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     # -- plumbing -------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self) -> None:
-        """Until the parser or the transport has news."""
-        self._waiter = self._get_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
 
     def maybe_resume(self) -> None:
         if not self.read_paused or self._discard or self._no_more or self.lost:
@@ -381,4 +380,4 @@ class Connection(Flow):
         self._wake()
 
 
-__all__ = ["Connection", "Handler", "ErrorAnswer", "plain_answer"]
+__all__ = ["Connection", "ErrorAnswer", "Handler", "Serving", "plain_answer"]

@@ -4,6 +4,8 @@ Reading pauses while much of a received body waits to be read (``HIGH_WATER``) a
 resumes once the reader caught up (``LOW_WATER``); writing waits while the transport
 says its buffer is full (``pause_writing``) until it drained. A connection that is
 lost wakes a writer waiting to drain, which then gets the connection's own error.
+A reader waits in :meth:`Flow.wait` until the parser or the transport has news
+(:meth:`Flow._wake`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Flow(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self._drain: asyncio.Future[None] | None = None
+        #: a reader waiting for news (a body chunk, the end, an error)
+        self._waiter: asyncio.Future[None] | None = None
 
     def gone(self) -> Exception:
         """The error a writer gets once the connection is lost."""
@@ -48,15 +52,11 @@ class Flow(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        _resolve(self._drain)
 
     def _wake_writer(self) -> None:
         """The connection was lost: a writer waiting to drain must not wait forever."""
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        _resolve(self._drain)
 
     async def drain(self) -> None:
         """Until the transport can take more; raises :meth:`gone` once lost."""
@@ -71,6 +71,18 @@ class Flow(asyncio.Protocol):
 
     # -- reading --------------------------------------------------------------
 
+    def _wake(self) -> None:
+        """News for the reader: a body chunk, the end of a message, an error."""
+        _resolve(self._waiter)
+
+    async def wait(self) -> None:
+        """Until :meth:`_wake` (the parser or the transport has news)."""
+        self._waiter = self._get_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
     def pause_reading(self) -> None:
         if self.transport is not None and not self.lost and not self.read_paused:
             self.read_paused = True
@@ -81,6 +93,11 @@ class Flow(asyncio.Protocol):
             self.read_paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 class Interrupted(Exception):

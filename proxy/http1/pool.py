@@ -22,7 +22,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from proxy.http1 import framing
+import proxy.http1.framing as framing
 from proxy.http1.client import Connection, Interim
 from proxy.http1.errors import (
     ConnectError,
@@ -112,14 +112,14 @@ class Pool:
         self._idle: collections.deque[Connection] = collections.deque()
         self._all: set[Connection] = set()
 
-    def _forget(self, conn: Connection) -> None:
+    def forget(self, conn: Connection) -> None:
         self._all.discard(conn)
         try:
             self._idle.remove(conn)
         except ValueError:
             pass
 
-    def _put(self, conn: Connection) -> None:
+    def put(self, conn: Connection) -> None:
         idle = self._idle
         conn.idle_since = conn._get_loop().time()
         idle.append(conn)
@@ -176,16 +176,31 @@ class Pool:
         a body still in hand.
         """
         conn = self._take()
-        if conn is not None and (body is None or isinstance(body, bytes)):
-            # The common case, inline (what _exchange does for a body in hand): one
-            # coroutine and one future per request.
+        while True:
+            if conn is None:
+                conn = await self._connect()
+            # One coroutine and one future per request: the exchange is inline.
             answer = conn.start(skip_body=method == "HEAD")
             conn.interim = interim
+            conn.on_early = on_early
+            conn.sending = True
             try:
-                conn.send(head + body if body else head)
-                if conn.write_paused:
-                    conn.sending = True
-                    await conn.drain()
+                try:
+                    if body is None or isinstance(body, bytes):
+                        conn.send(head + body if body else head)
+                        if conn.write_paused:
+                            await conn.drain()
+                    else:
+                        await _send_body(conn, answer, head, body, how)
+                except (Http1Error, ConnectionError):
+                    # The upstream may have answered and closed before reading it all.
+                    if not answer.done() or answer.exception() is not None:
+                        conn.abort()
+                        raise
+                except BaseException:
+                    conn.abort()
+                    raise
+                finally:
                     conn.sending = False
                 try:
                     response = await answer
@@ -193,67 +208,23 @@ class Pool:
                     conn.abort()
                     raise
             except Http1Error:
-                if not (method in _IDEMPOTENT and conn.reused and not conn.got_answer):
+                if not (conn.reused and not conn.got_answer and _may_resend(method, body)):
                     raise
-            else:
-                conn.got_answer = True
-                return response
-            conn = await self._connect()
-            return await self._exchange(conn, method, head, body, how, interim, on_early)
-        retry_ok = method in _IDEMPOTENT and not isinstance(body, AsyncIterator)
-        if conn is None:
-            conn = await self._connect()
-            return await self._exchange(conn, method, head, body, how, interim, on_early)
-        try:
-            return await self._exchange(conn, method, head, body, how, interim, on_early)
-        except Http1Error:
-            if not (retry_ok and conn.reused and not conn.got_answer):
-                raise
-        conn = await self._connect()
-        return await self._exchange(conn, method, head, body, how, interim, on_early)
-
-    async def _exchange(
-        self,
-        conn: Connection,
-        method: str,
-        head: bytes,
-        body: bytes | AsyncIterator[bytes] | None,
-        how: int,
-        interim: Interim | None,
-        on_early: Callable[[], None] | None,
-    ) -> Response:
-        answer = conn.start(skip_body=method == "HEAD")
-        conn.interim = interim
-        conn.on_early = on_early
-        conn.sending = True
-        try:
-            if body is None or isinstance(body, bytes):
-                await conn.write(head + body if body else head)
-            else:
-                await _send_body(conn, answer, head, body, how)
-        except (Http1Error, ConnectionError):
-            # The upstream may have answered and closed before reading it all.
-            if not answer.done() or answer.exception() is not None:
-                conn.abort()
-                raise
-        except BaseException:
-            conn.abort()
-            raise
-        finally:
-            conn.sending = False
-        try:
-            response = await answer
-        except BaseException:
-            conn.abort()
-            raise
-        conn.got_answer = True
-        return response
+                conn = None
+                continue
+            conn.got_answer = True
+            return response
 
     def close(self) -> None:
         for conn in list(self._all):
             conn.abort()
         self._idle.clear()
         self._all.clear()
+
+
+def _may_resend(method: str, body: bytes | AsyncIterator[bytes] | None) -> bool:
+    """Sending again cannot duplicate the request: idempotent, its body still in hand."""
+    return method in _IDEMPOTENT and not isinstance(body, AsyncIterator)
 
 
 async def _send_body(

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import collections
 import http
-import itertools
-import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote
 
-from multidict import CIMultiDict
-
-from proxy.http1 import framing
+import proxy.http1.framing as framing
 from proxy.http1.errors import Http1Error
 from proxy.http1.flow import Interrupted
 
 if TYPE_CHECKING:
     import asyncio
-
-    from proxy.http1.connection import Connection
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -36,33 +30,52 @@ def _status_line(status: int, reason: str) -> bytes:
 #: status lines by (status, reason); upstreams send the same few
 _STATUS_LINES: dict[tuple[int, str], bytes] = {}
 
-#: request ids: a random 64-bit start, counted up (os.urandom per request is a syscall)
-_ids = itertools.count(int.from_bytes(os.urandom(8), "big"))
 
+class Channel(Protocol):
+    """What a request needs of its connection (:class:`proxy.http1.connection.Connection`)."""
 
-def new_request_id() -> str:
-    """A fresh request id for the logs: 16 hex digits, unique within this process and,
-    from its random start, across processes. (Not a secret: a client may choose its own.)"""
-    return "%016x" % (next(_ids) & 0xFFFFFFFFFFFFFFFF)
+    peer: str | None
+    transport: asyncio.Transport | None
+    lost: bool
+    read_paused: bool
+    write_paused: bool
+    #: the request being handled
+    current: Request | None
+    #: the connection's task, which runs the handler of each request in turn
+    _task: asyncio.Task[None] | None
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def _wake(self) -> None: ...
+
+    async def wait(self) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def maybe_resume(self) -> None: ...
+
+    def closing_after(self, req: Request) -> bool: ...
 
 
 class Request:
     """One request: its head as parsed, its body as a stream, and its answer's writer.
 
     Attribute names follow aiohttp's ``BaseRequest`` where they overlap (``method``,
-    ``raw_path``, ``path``, ``headers``, ``raw_headers``, ``remote``,
-    ``content_length``, ``body_exists``, ``content``, ``read()``, ``transport``).
+    ``raw_path``, ``path``, ``raw_headers``, ``remote``, ``content_length``,
+    ``read()``, ``transport``).
     """
 
     __slots__ = (
         "method", "raw_path", "raw_headers", "version_10", "keep_alive", "content_length",
         "chunked", "expect_continue", "request_id", "connection", "upgrade", "status",
-        "error_code", "started", "finished", "task", "head_size", "_conn", "_chunks",
-        "_buffered", "_complete", "_done", "_error", "_out", "_headers", "_hosts", "_interrupted",
-        "stopped",
+        "error_code", "started", "finished", "head_size", "_conn", "_chunks",
+        "_buffered", "_complete", "_done", "_error", "_out", "_hosts", "_interrupted",
+        "stopped", "_expired",
     )  # fmt: skip
 
-    def __init__(self, conn: Connection, method: str, raw_path: str) -> None:
+    def __init__(self, conn: Channel, method: str, raw_path: str) -> None:
         self.method = method
         #: the request target exactly as sent (path and query, percent-encoded)
         self.raw_path = raw_path
@@ -88,8 +101,6 @@ class Request:
         self.error_code = ""
         self.started = False
         self.finished = False
-        #: the task that runs the handler for this request (its connection's)
-        self.task = conn._task
         #: bytes of the head, about (bounds the queue of pipelined heads)
         self.head_size = 0
         self._conn = conn
@@ -101,10 +112,11 @@ class Request:
         self._error: Exception | None = None
         #: the answer's framing (see proxy.http1.framing)
         self._out = framing.NONE
-        self._headers: CIMultiDict[str] | None = None
         #: Host field values seen
         self._hosts: list[bytes] | None = None
         self._interrupted = False
+        #: :meth:`expire` interrupted the handler
+        self._expired = False
 
     # -- the head ------------------------------------------------------------------
 
@@ -112,16 +124,6 @@ class Request:
     def path(self) -> str:
         """The path, percent-decoded, without the query string."""
         return unquote(self.raw_path.partition("?")[0])
-
-    @property
-    def headers(self) -> CIMultiDict[str]:
-        """The headers as a case-insensitive multidict (built on first use)."""
-        if self._headers is None:
-            self._headers = CIMultiDict(
-                (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-                for n, v in self.raw_headers
-            )
-        return self._headers
 
     def get_header(self, lower_name: bytes) -> bytes | None:
         """The first value of a header, by its lowercased name, as raw bytes."""
@@ -139,10 +141,10 @@ class Request:
     def transport(self) -> asyncio.Transport | None:
         return self._conn.transport
 
-    @staticmethod
-    def new_id() -> str:
-        """A fresh request id (see :func:`new_request_id`)."""
-        return new_request_id()
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the connection (and the handler) runs on."""
+        return self._conn._get_loop()
 
     @property
     def client_gone(self) -> bool:
@@ -150,16 +152,7 @@ class Request:
         conn = self._conn
         return conn.lost or conn.transport is None or conn.transport.is_closing()
 
-    @property
-    def body_exists(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
     # -- the body ------------------------------------------------------------------
-
-    @property
-    def content(self) -> Request:
-        """The body stream (``readany()``, ``at_eof()``, ``read()``): the request itself."""
-        return self
 
     def at_eof(self) -> bool:
         return self._complete and not self._chunks
@@ -210,6 +203,33 @@ class Request:
         """Stop waiting for more of the body: a reader waiting gets ``Interrupted``."""
         self._interrupted = True
         self._conn._wake()
+
+    # -- the handler's deadline ----------------------------------------------------
+
+    def expire(self) -> None:
+        """A deadline of the handler passed: interrupt it where it waits.
+
+        The handler runs in its connection's task (one per connection, see
+        :mod:`proxy.http1.turns`), which only the server may cancel: this does, and
+        the handler gets CancelledError at its current await; :meth:`expired` tells
+        that apart from a shutdown's. Nothing happens once the handler is done.
+        """
+        conn = self._conn
+        task = conn._task
+        if task is not None and conn.current is self and not self._expired:
+            self._expired = True
+            task.cancel()
+
+    def expired(self) -> bool:
+        """After a CancelledError: True when :meth:`expire` caused it. The cancel is
+        then taken back, so that the handler can still answer (a 504, a 408)."""
+        if not self._expired:
+            return False
+        self._expired = False
+        task = self._conn._task
+        if task is not None:
+            task.uncancel()
+        return True
 
     # -- the answer ----------------------------------------------------------------
 
@@ -341,4 +361,4 @@ class Request:
             self._error = err
 
 
-__all__ = ["Request", "new_request_id"]
+__all__ = ["Channel", "Request"]

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from proxy.http1.errors import TooLarge
 
-if TYPE_CHECKING:
-    from proxy.http1.client import Connection
+
+class Source(Protocol):
+    """What an answer reads its body from: the connection it came on
+    (:class:`proxy.http1.client.Connection`)."""
+
+    #: the answer came before all of the request body was sent
+    early: bool
+
+    async def read_chunk(self) -> bytes: ...
+
+    def read_ready(self) -> tuple[bytes, bool]: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class Response:
@@ -15,16 +28,24 @@ class Response:
 
     __slots__ = ("status", "reason", "lines", "content_length", "connection", "_conn", "_done")
 
-    def __init__(self, conn: Connection, status: int, reason: str) -> None:
+    def __init__(
+        self,
+        conn: Source,
+        status: int,
+        reason: str,
+        lines: list[bytes],
+        content_length: bytes | None,
+        connection: list[bytes] | None,
+    ) -> None:
         self.status = status
         self.reason = reason
         #: the fields but the hop-by-hop ones (RFC 9110 7.6.1), in order, duplicates
         #: kept, as the pieces of their lines: name, b": ", value, b"\r\n", name, ...
-        self.lines = conn._lines
+        self.lines = lines
         #: the (last) Content-Length value as sent, if any
-        self.content_length = conn._length
+        self.content_length = content_length
         #: the values of the Connection fields, if any
-        self.connection = conn._connection
+        self.connection = connection
         self._conn = conn
         self._done = False
 
@@ -39,18 +60,6 @@ class Response:
         """The answer came before all of the request body was sent."""
         return self._conn.early
 
-    @property
-    def body_ready(self) -> bool:
-        """Some of the body (or its end) has arrived already: reading will not wait."""
-        conn = self._conn
-        return bool(conn._chunks) or conn._complete
-
-    @property
-    def at_end(self) -> bool:
-        """All of the body was read: the next read returns b''."""
-        conn = self._conn
-        return conn._complete and not conn._chunks
-
     async def read(self) -> bytes:
         """The next chunk of the body, or b'' at its end. Raises Http1Error if cut."""
         return await self._conn.read_chunk()
@@ -58,8 +67,7 @@ class Response:
     def read_ready(self) -> tuple[bytes, bool]:
         """What of the body has arrived and was not read yet, without waiting (all of it
         when that is little), and whether that was the rest of the body."""
-        conn = self._conn
-        return conn.take_buffered(), conn._complete and not conn._chunks
+        return self._conn.read_ready()
 
     async def read_all(self, limit: int) -> bytes:
         parts: list[bytes] = []
@@ -86,4 +94,4 @@ class Response:
             self._conn.abort()
 
 
-__all__ = ["Response"]
+__all__ = ["Response", "Source"]

@@ -2,18 +2,19 @@
 
 Why a function of the connection: it is the one coroutine per connection (a coroutine
 per request costs), and it keeps :mod:`proxy.http1.connection` to the parsing.
+:class:`Turn` is what it needs of the connection, :class:`Settings` of the server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from proxy.http1.errors import Http1Error
-from proxy.http1.request import Request, new_request_id
-
-if TYPE_CHECKING:
-    from proxy.http1.connection import Connection
+from proxy.http1.errors import HandlerFailed, Http1Error
+from proxy.http1.request import Channel, Request
 
 log = logging.getLogger("authproxy.server")
 
@@ -21,8 +22,47 @@ log = logging.getLogger("authproxy.server")
 #: sees its answer instead of a reset caused by unread data
 _LINGER = 2.0
 
+Handler = Callable[[Request], Awaitable[None]]
+ErrorAnswer = Callable[[Http1Error], tuple[int, list[tuple[bytes, bytes]], bytes]]
 
-def finish(self: Connection) -> None:
+
+class Settings(Protocol):
+    """What a connection's task reads of its server (:class:`proxy.http1.server.Server`)."""
+
+    @property
+    def handler(self) -> Handler: ...
+
+    @property
+    def error_answer(self) -> ErrorAnswer: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+
+class Turn(Channel, Protocol):
+    """A client connection as its task sees it (:class:`proxy.http1.connection.Connection`)."""
+
+    @property
+    def server(self) -> Settings: ...
+
+    #: waiting for the next request (not mid-request), since ``_idle_since``
+    idle: bool
+    _idle_since: float
+    served: int
+    #: parsed requests (or a refusal) waiting for their turn, and their heads' bytes
+    _queue: collections.deque[Request | Http1Error]
+    _queued_bytes: int
+    #: no more requests will be read; the rest of what arrives is dropped
+    _no_more: bool
+    _discard: bool
+    #: the client half-closed
+    _eof: bool
+    _waiter: asyncio.Future[None] | None
+
+    def abort(self) -> None: ...
+
+
+def finish(self: Turn) -> None:
     transport = self.transport
     if transport is None or self.lost:
         return
@@ -45,9 +85,8 @@ def finish(self: Connection) -> None:
     self._get_loop().call_later(_LINGER, transport.abort)
 
 
-async def serve(self: Connection) -> None:
+async def serve(self: Turn) -> None:
     server = self.server
-    handler = server.handler
     queue = self._queue
     loop = self._get_loop()
     try:
@@ -75,27 +114,14 @@ async def serve(self: Connection) -> None:
             self.current = item
             self.served += 1
             try:
-                await handler(item)
+                await server.handler(item)  # inline: a coroutine per request costs
             except ConnectionError:
                 pass
             except Exception:
                 log.exception("unexpected error in the request handler")
                 if not item.started and not self.lost:
-                    answer_error(self, Http1Error("internal error", status=500), item)
-            self.current = None
-            item._done = True
-            if item._chunks:
-                item._chunks.clear()
-                item._buffered = 0
-            if self.lost:
-                break
-            if not item.finished:
-                if not item.started:
-                    answer_error(self, Http1Error("internal error", status=500), item)
-                else:  # cut mid-answer: the client must see it truncated
-                    self.abort()
-                    break
-            if not item.keep_alive:
+                    answer_error(self, HandlerFailed("internal error"), item)
+            if not _carry_on(self, item):
                 break
             if self.write_paused:
                 await self.drain()
@@ -108,12 +134,30 @@ async def serve(self: Connection) -> None:
         finish(self)
 
 
-def answer_error(self: Connection, err: Http1Error, req: Request | None = None) -> None:
+def _carry_on(self: Turn, item: Request) -> bool:
+    """After ``item``'s handler: drop what is left of its body, and say whether
+    another request may follow on this connection."""
+    self.current = None
+    item._done = True
+    if item._chunks:
+        item._chunks.clear()
+        item._buffered = 0
+    if self.lost:
+        return False
+    if not item.finished:
+        if not item.started:
+            answer_error(self, HandlerFailed("internal error"), item)
+        else:  # cut mid-answer: the client must see it truncated
+            self.abort()
+            return False
+    return item.keep_alive
+
+
+def answer_error(self: Turn, err: Http1Error, req: Request | None = None) -> None:
     status, headers, body = self.server.error_answer(err)
-    headers.append((b"X-Request-Id", new_request_id().encode()))
     if req is None:
         req = Request(self, "GET", "")
     req.respond(status, headers, body, close=True)
 
 
-__all__ = ["answer_error", "finish", "serve"]
+__all__ = ["ErrorAnswer", "Handler", "Settings", "Turn", "answer_error", "finish", "serve"]

@@ -8,7 +8,7 @@ Only a 401 is ever replayed: any other failure reaches the upstream at most once
 The body's framing towards the upstream is decided once, from what the parser
 reported (:func:`proxy.http1.framing.request_framing`).
 
-Timeouts (one loop timer for all exchanges, see :class:`proxy.http1.Deadlines`):
+Timeouts (one loop timer for all exchanges, see :class:`proxy.proxying.deadline.Deadlines`):
 ``body_timeout`` while the client's body does not arrive (408), ``read_timeout``
 while a body streams with no progress either way, ``timeout`` from the request
 sent to the answer's head (504). Each re-arms the exchange's one deadline entry.
@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from proxy.errors import (
     BodyTooLarge,
@@ -29,16 +28,19 @@ from proxy.errors import (
     UpgradeNotSupported,
     UpstreamTimeout,
 )
-from proxy.http1 import Http1Error, Request, Response, framing
+from proxy.http1.errors import Http1Error
+from proxy.http1.framing import LENGTH, request_framing
+from proxy.http1.request import Request
+from proxy.http1.response import Response
 from proxy.http_errors import client_refusal, upstream_error
 from proxy.proxying.deadline import BODY, HEAD, READ, Clock
+from proxy.proxying.exchange import Exchange
 from proxy.proxying.headers import request_head, response_lines
 from proxy.proxying.replay import ReplayBudget
 from proxy.proxying.request_body import StreamedBody, read_up_to
-from proxy.proxying.route import RouteRuntime
-from proxy.proxying.routing import Match, join_upstream
-from proxy.telemetry.logs import Exchange
-from proxy.tokens.manager import Token
+from proxy.proxying.router import Match, join_upstream
+from proxy.proxying.runtime import RouteRuntime
+from proxy.tokens.manager import Token, TokenManager
 
 log = logging.getLogger("authproxy.forward")
 
@@ -59,7 +61,7 @@ async def _discard(resp: Response) -> None:
 async def forward(
     request: Request,
     route: RouteRuntime,
-    match: Match[Any],
+    match: Match[RouteRuntime],
     ex: Exchange | None = None,
     budget: ReplayBudget | None = None,
 ) -> None:
@@ -76,84 +78,17 @@ async def forward(
     if request.upgrade is not None:
         _check_upgrade(request)
     target = join_upstream(route.base_path, match.rest, match.query)
-    manager = route.manager
     if ex is None:
         ex = Exchange(request.request_id or "")
-    task = request.task  # the handler runs in its connection's task
-    if task is None:
-        task = asyncio.current_task()
-        assert task is not None
-    clock = Clock.of(ex, task)
-    reserved = 0
+    clock = Clock.of(request)
+    body = _Body()
     try:
-        # The body: buffered when a 401 replay may need it, streamed otherwise.
-        body: bytes | AsyncIterator[bytes] | None = None
-        streamed: StreamedBody | None = None
-        if request.chunked or length:  # request.body_exists, inline
-            may_replay = manager is not None and config.retry_on_401
-            if may_replay and budget is not None:
-                want = config.max_replay_body if length is None else length
-                if want <= config.max_replay_body:
-                    reserved = budget.take(want)
-                    may_replay = reserved > 0
-            try:
-                if may_replay and length is not None and length <= config.max_replay_body:
-                    body = await read_up_to(request, length, clock, config.body_timeout)
-                elif may_replay and length is None:
-                    head = await read_up_to(
-                        request, config.max_replay_body, clock, config.body_timeout
-                    )
-                    if len(head) > config.max_body:
-                        raise BodyTooLarge(
-                            f"the request body is larger than {config.max_body} bytes"
-                        )
-                    if request.at_eof():
-                        body = head
-                    else:
-                        streamed = StreamedBody(request, head, config.max_body, clock, route)
-                else:
-                    streamed = StreamedBody(request, b"", config.max_body, clock, route)
-            except Http1Error as exc:
-                raise client_refusal(exc) from exc
-            clock.stop()
-            if streamed is not None:
-                body = streamed.chunks()
-        how, framing_line = framing.request_framing(
-            length, request.chunked, len(body) if isinstance(body, bytes) else None
-        )
-
-        token: Token | None = None
-        auth_line = route.static_line
-        if manager is not None:
-            cached = manager.token
-            token = await manager.get()
-            if token is not cached:
-                ex.token_fetched = True
-            auth_line = route.auth_for(token, request.method, target)
-
-        head = request_head(request, route, target, ex.request_id, auth_line, framing_line)
-        if streamed is None:
-            clock.arm(config.timeout, HEAD)
-        else:
-            clock.arm(config.read_timeout, READ)
-        resp = await _send(request, route, head, body, streamed, how, ex)
-        clock.stop()
-        if resp.status == 401 and token is not None and manager is not None:
-            if config.retry_on_401:
-                resp = await _replay_401(
-                    request, route, token, resp, body, streamed, ex, target, framing_line, clock
-                )
-                token = None
-        if isinstance(body, bytes):
-            ex.bytes_in = len(body)
-        elif streamed is not None:
-            ex.bytes_in = streamed.total
-        if not _answer_start(request, route, resp, ex):
-            await _stream_rest(request, route, resp, ex, clock)
+        if request.chunked or length:
+            await body.read(request, route, clock, budget)
+        await _exchange(request, route, target, body, ex, clock)
     except asyncio.CancelledError:
-        if not ex.timed_out:
+        if not request.expired():
             raise  # cancelled by someone else (shutdown): not ours to swallow
-        task.uncancel()
         if request.started:
             why = f"no progress for {config.read_timeout:g}s (read_timeout)"
             _cut(request, route, why)
@@ -161,8 +96,95 @@ async def forward(
         raise _timed_out(route, clock) from None
     finally:
         clock.stop()
-        if reserved and budget is not None:
-            budget.give(reserved)
+        if body.reserved and budget is not None:
+            budget.give(body.reserved)
+
+
+class _Body:
+    """The request body: buffered when a 401 replay may need it, streamed otherwise."""
+
+    __slots__ = ("data", "streamed", "reserved")
+
+    def __init__(self) -> None:
+        self.data: bytes | AsyncIterator[bytes] | None = None
+        self.streamed: StreamedBody | None = None
+        #: bytes of the replay budget this body holds
+        self.reserved = 0
+
+    async def read(
+        self, request: Request, route: RouteRuntime, clock: Clock, budget: ReplayBudget | None
+    ) -> None:
+        config = route.config
+        length = request.content_length
+        limit = config.max_replay_body
+        may_replay = route.manager is not None and config.retry_on_401
+        if may_replay and budget is not None:
+            want = limit if length is None else length
+            if want <= limit:
+                self.reserved = budget.take(want)
+                may_replay = self.reserved > 0
+        try:
+            if may_replay and length is not None and length <= limit:
+                self.data = await read_up_to(request, length, clock, config.body_timeout)
+            elif may_replay and length is None:
+                head = await read_up_to(request, limit, clock, config.body_timeout)
+                if len(head) > config.max_body:
+                    raise BodyTooLarge(f"the request body is larger than {config.max_body} bytes")
+                if request.at_eof():
+                    self.data = head
+                else:
+                    self.streamed = StreamedBody(request, head, config.max_body, clock, route)
+            else:
+                self.streamed = StreamedBody(request, b"", config.max_body, clock, route)
+        except Http1Error as exc:
+            raise client_refusal(exc) from exc
+        clock.stop()
+        if self.streamed is not None:
+            self.data = self.streamed.chunks()
+
+    @property
+    def sent(self) -> int:
+        """Bytes of the body sent upstream (so far, when streamed)."""
+        if isinstance(self.data, bytes):
+            return len(self.data)
+        return self.streamed.total if self.streamed is not None else 0
+
+
+async def _token(manager: TokenManager, ex: Exchange) -> Token:
+    """The route's token; ``ex.token_fetched`` when this request waited for a fetch."""
+    cached = manager.token
+    token = await manager.get()
+    if token is not cached:
+        ex.token_fetched = True
+    return token
+
+
+async def _exchange(
+    request: Request, route: RouteRuntime, target: str, body: _Body, ex: Exchange, clock: Clock
+) -> None:
+    """Authenticate, send, replay once on a 401, and pass the answer on."""
+    data, streamed = body.data, body.streamed
+    how, framing_line = request_framing(
+        request.content_length, request.chunked, len(data) if isinstance(data, bytes) else None
+    )
+    token: Token | None = None
+    auth_line = route.static_line
+    manager = route.manager
+    if manager is not None:
+        token = await _token(manager, ex)
+        auth_line = route.auth_for(token, request.method, target)
+    head = request_head(request, route, target, ex.request_id, auth_line, framing_line)
+    if streamed is None:
+        clock.arm(route.config.timeout, HEAD)
+    else:
+        clock.arm(route.config.read_timeout, READ)
+    resp = await _send(request, route, head, data, streamed, how, ex)
+    clock.stop()
+    if resp.status == 401 and token is not None and route.config.retry_on_401:
+        resp = await _replay_401(request, route, token, resp, body, ex, target, framing_line, clock)
+    ex.bytes_in = body.sent
+    if not _answer_start(request, route, resp, ex):
+        await _stream_rest(request, route, resp, ex, clock)
 
 
 def _check_upgrade(request: Request) -> None:
@@ -173,7 +195,7 @@ def _check_upgrade(request: Request) -> None:
     assert upgrade is not None
     if b"websocket" in upgrade.lower():
         raise UpgradeNotSupported("authproxy does not switch protocols (WebSocket)")
-    if request.stopped and request.body_exists:
+    if request.stopped and (request.chunked or request.content_length):
         raise UpgradeNotSupported(
             "a request with a body cannot ask to Upgrade here; send it without Upgrade "
             "(curl: --http1.1)"
@@ -198,8 +220,7 @@ async def _replay_401(
     route: RouteRuntime,
     token: Token,
     resp: Response,
-    body: bytes | AsyncIterator[bytes] | None,
-    streamed: StreamedBody | None,
+    sent: _Body,
     ex: Exchange,
     target: str,
     framing_line: bytes,
@@ -208,13 +229,14 @@ async def _replay_401(
     """The upstream refused ``token``: drop it, and replay once if the body allows."""
     manager = route.manager
     assert manager is not None
+    body, streamed = sent.data, sent.streamed
     if streamed is None and route.dpop_challenge(target, resp.headers):
         # RFC 9449 9: the resource server wants a nonce; the same token, a new proof.
         await _discard(resp)
         auth = route.auth_for(token, request.method, target)
         head = request_head(request, route, target, ex.request_id, auth, framing_line)
         clock.arm(route.config.timeout, HEAD)
-        resp = await _send(request, route, head, body, None, framing.LENGTH, ex)
+        resp = await _send(request, route, head, body, None, LENGTH, ex)
         clock.stop()
         if resp.status != 401:
             return resp
@@ -227,14 +249,14 @@ async def _replay_401(
         return resp
     await _discard(resp)
     try:
-        fresh = await manager.get()
+        fresh = await _token(manager, ex)
     except ProxyError:
         route.count_retry("failed")
         raise
     auth = route.auth_for(fresh, request.method, target)
     head = request_head(request, route, target, ex.request_id, auth, framing_line)
     clock.arm(route.config.timeout, HEAD)
-    again = await _send(request, route, head, body, None, framing.LENGTH, ex)
+    again = await _send(request, route, head, body, None, LENGTH, ex)
     clock.stop()
     manager.replayed(fresh, again.status)
     route.count_retry("failed" if again.status == 401 else "replayed")

@@ -6,8 +6,10 @@ headers: per request the proxy only filters names and appends its own headers.
 
 from __future__ import annotations
 
-from proxy.http1 import HOP_BY_HOP, Request, Response
-from proxy.proxying.route import RouteRuntime
+from proxy.http1.client import HOP_BY_HOP
+from proxy.http1.request import Request
+from proxy.http1.response import Response
+from proxy.proxying.runtime import RouteRuntime
 
 #: never copied from the client: hop-by-hop, the proxy's own, or recomputed below
 REQUEST_DROP = HOP_BY_HOP | {

@@ -17,8 +17,11 @@ import os
 import resource
 from typing import Any
 
-from proxy.http1 import Http1Error, Server
+from proxy.errors import error_answer
+from proxy.http1.errors import Http1Error
+from proxy.http1.server import Server
 from proxy.http_errors import client_refusal
+from proxy.proxying.exchange import new_request_id
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.throttle import Throttle
 
@@ -26,6 +29,14 @@ log = logging.getLogger("authproxy.server")
 
 #: accept() failures that mean "out of descriptors or memory", not a bug
 _RESOURCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def refusal_answer(exc: Http1Error) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The contract's answer for a refusal made while parsing (the server's hook),
+    with a request id of its own, as every answer of the proxy has."""
+    status, headers, body = error_answer(client_refusal(exc))
+    headers.append((b"X-Request-Id", new_request_id().encode()))
+    return status, headers, body
 
 
 class Refusals:
@@ -93,4 +104,4 @@ class Refusals:
         )  # fmt: skip
 
 
-__all__ = ["Refusals"]
+__all__ = ["Refusals", "refusal_answer"]

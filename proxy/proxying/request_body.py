@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from proxy.errors import BodyTooLarge
-from proxy.http1 import Http1Error, Request
+from proxy.http1.errors import Http1Error
+from proxy.http1.request import Request
 from proxy.proxying.deadline import BODY, HEAD, READ, Clock
-from proxy.proxying.route import RouteRuntime
+from proxy.proxying.runtime import RouteRuntime
 
 
 class StreamedBody:

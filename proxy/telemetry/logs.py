@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from proxy.telemetry import logfmt
 
@@ -247,20 +247,15 @@ def startup_error(message: str, details: Sequence[str] = ()) -> None:
 # -- the access log ----------------------------------------------------------------
 
 
-@dataclasses.dataclass(slots=True, eq=False)  # hashed by identity (the deadline wheel)
-class Exchange:
-    """What one request did, filled in by the forwarder, read by the access log."""
+class Exchanged(Protocol):
+    """What one request did, as the access log reads it (``proxying.exchange.Exchange``)."""
 
     request_id: str
-    #: this request waited for a token fetch (no usable token was cached)
-    token_fetched: bool = False
-    #: an upstream 401 made the proxy replay this request with a fresh token
-    replayed: bool = False
-    upstream_s: float = 0.0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    #: the route's timeout ran out for this exchange
-    timed_out: bool = False
+    token_fetched: bool
+    replayed: bool
+    upstream_s: float
+    bytes_in: int
+    bytes_out: int
 
 
 def access(
@@ -269,7 +264,7 @@ def access(
     path: str,
     status: int,
     seconds: float,
-    ex: Exchange,
+    ex: Exchanged,
     error: str,
 ) -> None:
     """One access-log line. ``path`` must be without its query string.

@@ -29,25 +29,18 @@ from dataclasses import dataclass
 from yarl import URL
 
 from proxy import __version__
-from proxy.http1 import Http1Error, Pool
 from proxy.http1.egress import EgressConfig
+from proxy.http1.errors import ProtocolError, Timeout, TooLarge
+from proxy.http1.pool import Pool
 from proxy.http1.tls import client_context
 from proxy.http1.tunnel import Tunnel
-from proxy.http_errors import token_client_kind
 
 USER_AGENT = f"authproxy/{__version__}"
 
 
-class ClientError(Exception):
-    """The exchange failed; ``kind`` says how: ``timeout``, ``connect``, ``tls``,
-    ``cut`` (the answer ended early), ``too_large`` or ``invalid``."""
-
-    def __init__(self, kind: str, detail: str = "", *, status: int = 0) -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
-        self.detail = detail
-        #: the answer's status, when one arrived
-        self.status = status
+class Refused(ProtocolError):
+    """The client will not send this request or take this answer (not an http(s)
+    URL, an unknown content coding); ``detail`` says why."""
 
 
 @dataclass(frozen=True)
@@ -99,13 +92,14 @@ class TokenClient:
     ) -> Answer:
         """One exchange; its answer read whole, up to ``limit`` bytes of body.
 
-        Raises :class:`ClientError`. ``headers`` must not contain line breaks
+        Raises the transport's errors (:mod:`proxy.http1.errors`; :class:`Refused`
+        for a request or answer it will not take). ``headers`` must not contain line breaks
         (:class:`ValueError` otherwise): they come from the config and the
         provider's previous answers, never from a proxied request.
         """
         u = URL(url)
         if u.scheme not in ("http", "https") or not u.raw_host:
-            raise ClientError("invalid", "not an http(s) URL")
+            raise Refused("not an http(s) URL", detail="not an http(s) URL")
         tls = u.scheme == "https"
         port = u.port or (443 if tls else 80)
         via = self._egress.proxy_for(u.scheme, u.raw_host, port) if self._egress else None
@@ -127,20 +121,15 @@ class TokenClient:
                         fields.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
                     length = fields.get("content-length", "")
                     if length.isdigit() and int(length) > limit:
-                        raise ClientError("too_large", status=resp.status)
+                        raise _too_large(resp.status)
                     try:
                         raw = await resp.read_all(limit)
-                    except Http1Error as exc:
-                        if token_client_kind(exc)[0] == "too_large":
-                            raise ClientError("too_large", status=resp.status) from None
-                        raise
+                    except TooLarge:
+                        raise _too_large(resp.status) from None
                 finally:
                     resp.close()
         except TimeoutError:
-            raise ClientError("timeout") from None
-        except Http1Error as exc:
-            kind, detail = token_client_kind(exc)
-            raise ClientError(kind, detail) from None
+            raise Timeout(f"no answer within {self.timeout:g}s") from None
         finally:
             pool.close()
             self._pools.discard(pool)
@@ -173,17 +162,23 @@ def _head(method: str, u: URL, headers: Mapping[str, str], body: bytes | None) -
 
 def _inflate(raw: bytes, coding: str, limit: int, status: int) -> bytes:
     if coding not in ("gzip", "x-gzip", "deflate"):
-        raise ClientError("invalid", f"answer in an unknown content coding ({coding[:20]})")
+        why = f"answer in an unknown content coding ({coding[:20]})"
+        raise Refused(why, detail=why)
     # 47: gzip or zlib header, detected; deflate answers without a zlib header exist too
     wbits = 47 if coding != "deflate" or raw[:1] == b"\x78" else -15
     inflater = zlib.decompressobj(wbits)
     try:
         out = inflater.decompress(raw, limit + 1)
     except zlib.error:
-        raise ClientError("invalid", "answer could not be decompressed") from None
+        why = "answer could not be decompressed"
+        raise Refused(why, detail=why) from None
     if len(out) > limit:
-        raise ClientError("too_large", status=status)
+        raise _too_large(status)
     return out
 
 
-__all__ = ["Answer", "ClientError", "TokenClient", "USER_AGENT"]
+def _too_large(status: int) -> TooLarge:
+    return TooLarge(f"the answer ({status}) is larger than the limit", answer=status)
+
+
+__all__ = ["Answer", "Refused", "TokenClient", "USER_AGENT"]

@@ -23,8 +23,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlencode
 
+from proxy.http1.errors import (
+    Closed,
+    ConnectError,
+    Http1Error,
+    ProtocolError,
+    Timeout,
+    TLSError,
+    TooLarge,
+)
 from proxy.tokens.dpop import DPoPKey
-from proxy.tokens.flows.client import Answer, ClientError, TokenClient
+from proxy.tokens.flows.client import Answer, Refused, TokenClient
 from proxy.tokens.jsondoc import JSONObject, loads_object
 from proxy.tokens.token import TokenFetchError
 
@@ -83,7 +92,7 @@ async def _exchange(
             hdrs["DPoP"] = dpop.proof(method, url)
         try:
             answer = await client.request(method, url, headers=hdrs, body=body, limit=MAX_ANSWER)
-        except ClientError as exc:
+        except Http1Error as exc:
             raise _client_error(exc, what) from None
         except ValueError:
             raise TokenFetchError(
@@ -119,19 +128,21 @@ def _json_answer(answer: Answer, what: str) -> JSONObject:
     raise TokenFetchError(f"{what} answered {status} {problem}", status=status, retryable=False)
 
 
-def _client_error(exc: ClientError, what: str) -> TokenFetchError:
-    """A transport failure, worded for the endpoint."""
-    if exc.kind == "timeout":
+def _client_error(exc: Http1Error, what: str) -> TokenFetchError:
+    """A transport failure (:mod:`proxy.http1.errors`), worded for the endpoint."""
+    if isinstance(exc, Timeout):
         return TokenFetchError(f"{what} did not answer in time", lost=True)
-    if exc.kind == "too_large":
-        return _too_large(exc.status, what)
-    if exc.kind == "cut":
-        return TokenFetchError(f"{what} answer was cut short", lost=True)
-    if exc.kind == "tls":
+    if isinstance(exc, TooLarge):
+        return _too_large(exc.answer, what)
+    if isinstance(exc, TLSError):
         return TokenFetchError(f"TLS with the {what} failed ({exc.detail})")
-    if exc.kind == "connect":
+    if isinstance(exc, ConnectError):
         return TokenFetchError(f"{what} unreachable ({exc.detail.lower()})")
-    return TokenFetchError(f"{what} sent an invalid answer ({exc.detail})")
+    if isinstance(exc, Refused):
+        return TokenFetchError(f"{what} sent an invalid answer ({exc.detail})")
+    if isinstance(exc, ProtocolError) and not isinstance(exc, Closed):
+        return TokenFetchError(f"{what} sent an invalid answer (malformed answer)")
+    return TokenFetchError(f"{what} answer was cut short", lost=True)
 
 
 def _too_large(status: int, what: str) -> TokenFetchError:

@@ -10,7 +10,8 @@ children.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import ssl
+from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import istr
 from yarl import URL
@@ -18,7 +19,7 @@ from yarl import URL
 from proxy.clock import Clock
 from proxy.config.model import RouteConfig, StaticAuth
 from proxy.errors import TokenUnavailable
-from proxy.http1 import Pool as UpstreamPool
+from proxy.http1.pool import Pool as UpstreamPool
 from proxy.http1.tls import context_for
 from proxy.http1.tunnel import Tunnel
 from proxy.telemetry.throttle import Throttle
@@ -41,6 +42,26 @@ def _header_line(name: str, value: str) -> bytes:
     if any(c in value for c in "\r\n\x00"):
         raise ValueError("header value contains a line break")
     return f"{name}: {value}\r\n".encode("latin-1")
+
+
+class _Counter(Protocol):
+    """A counter's child, prometheus-client's or the lock-free one."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
+def _pool(config: RouteConfig, up: URL, ctx: ssl.SSLContext | None) -> UpstreamPool:
+    """The route's keep-alive connections to its upstream (see proxy.http1.pool)."""
+    port = up.port or (443 if up.scheme == "https" else 80)
+    egress = config.egress_proxy
+    via = egress.proxy_for(up.scheme, up.host or "", port) if egress is not None else None
+    return UpstreamPool(
+        up.host or "",
+        port,
+        ssl_context=ctx if up.scheme == "https" else None,
+        connect_timeout=config.connect_timeout,
+        opener=Tunnel(via) if via is not None else None,
+    )
 
 
 class RouteRuntime:
@@ -68,17 +89,7 @@ class RouteRuntime:
                 config.name,
                 extra={"route": config.name},
             )
-        # One pool of keep-alive connections per upstream (see proxy.http1.pool).
-        port = up.port or (443 if up.scheme == "https" else 80)
-        egress = config.egress_proxy
-        via = egress.proxy_for(up.scheme, up.host or "", port) if egress is not None else None
-        self.pool = UpstreamPool(
-            up.host or "",
-            port,
-            ssl_context=ctx if up.scheme == "https" else None,
-            connect_timeout=config.connect_timeout,
-            opener=Tunnel(via) if via is not None else None,
-        )
+        self.pool = _pool(config, up, ctx)
         self.host_header = (up.raw_authority or up.raw_host or "").encode("idna")
         self.header: istr | None = None
         #: the injected header's name, lowercased, for filtering the client's copy
@@ -93,39 +104,10 @@ class RouteRuntime:
         self.dpop: DPoPKey | None = None
         self._origin = str(up.origin()) if up.is_absolute() else ""
         if isinstance(config.auth, StaticAuth):
-            self.header = istr(config.auth.header)
+            self._inject(config.auth.header)
             self.static_line = _header_line(config.auth.header, config.auth.value)
-            self.header_key = config.auth.header.lower().encode("latin-1")
         else:
-            self.token_client = TokenClient(
-                ssl_context=ctx,
-                timeout=config.token_timeout,
-                connect_timeout=config.connect_timeout,
-                egress=egress,
-            )
-            events = TokenMetrics(metrics, config.name)
-            source = build_source(config, self.token_client, clock, events.request)
-            key = store_key(config)
-            if source is not None and getattr(config.auth, "dpop", False):
-                self.dpop = DPoPKey(clock.time)
-                source.dpop = self.dpop  # type: ignore[attr-defined]
-                # Tokens are bound to this process's key: never adopt another's.
-                key = dpop_key(key, self.dpop.thumbprint)
-            if source is not None:
-                self.header = istr(config.inject.header)
-                self.header_key = config.inject.header.lower().encode("latin-1")
-                self.manager = TokenManager(
-                    config.name,
-                    source,
-                    store=store,
-                    key=key,
-                    clock=clock,
-                    refresh_before=config.refresh_before,
-                    token_timeout=config.token_timeout,
-                    events=events,
-                    refused_cooldown=config.refused_cooldown,
-                    backoff_cap=config.backoff_cap,
-                )
+            self._token_flow(ctx, clock, metrics, store)
         self.inflight = 0
         # Read at scrape time: cheaper than two locked updates per request.
         metrics.track_inflight(config.name, lambda: self.inflight)
@@ -135,7 +117,46 @@ class RouteRuntime:
         self._m_retries = metrics.unauthorized_retries
         self._recent = metrics.recent
         metrics.init_route(config.name)
-        self._counters: dict[tuple[str, int], Any] = {}
+        self._counters: dict[tuple[str, int], _Counter] = {}
+
+    def _inject(self, header: str) -> None:
+        self.header = istr(header)
+        self.header_key = header.lower().encode("latin-1")
+
+    def _token_flow(
+        self, ctx: ssl.SSLContext | None, clock: Clock, metrics: Metrics, store: TokenStore
+    ) -> None:
+        """The token client, source and manager of a route whose auth fetches tokens."""
+        config = self.config
+        self.token_client = TokenClient(
+            ssl_context=ctx,
+            timeout=config.token_timeout,
+            connect_timeout=config.connect_timeout,
+            egress=config.egress_proxy,
+        )
+        events = TokenMetrics(metrics, config.name)
+        source = build_source(config, self.token_client, clock, events.request)
+        if source is None:
+            return
+        key = store_key(config)
+        if getattr(config.auth, "dpop", False):
+            self.dpop = DPoPKey(clock.time)
+            source.dpop = self.dpop  # type: ignore[attr-defined]
+            # Tokens are bound to this process's key: never adopt another's.
+            key = dpop_key(key, self.dpop.thumbprint)
+        self._inject(config.inject.header)
+        self.manager = TokenManager(
+            config.name,
+            source,
+            store=store,
+            key=key,
+            clock=clock,
+            refresh_before=config.refresh_before,
+            token_timeout=config.token_timeout,
+            events=events,
+            refused_cooldown=config.refused_cooldown,
+            backoff_cap=config.backoff_cap,
+        )
 
     def count(self, method: str, status: int) -> None:
         key = (method, status)
