@@ -27,6 +27,23 @@ from tests.tokenkit import call, metric
 from tests.waiting import until
 
 
+async def until_status(
+    http: aiohttp.ClientSession, url: str, status: int, timeout: float = 20.0
+) -> None:
+    """Until GET ``url`` answers ``status`` (a refused connection counts as not yet);
+    fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            got: object = (await call(http, "GET", url))[0]
+        except aiohttp.ClientError as exc:
+            got = type(exc).__name__
+        if got == status:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"{url}: {got}, not {status}"
+        await asyncio.sleep(0.02)
+
+
 class K8sVolume:
     """A directory laid out as kubelet mounts a Secret: name -> ..data/name,
     ..data -> ..<version>; an update writes a new version and swaps ..data."""
@@ -102,11 +119,12 @@ async def test_secret_rotation_through_symlink_swap_under_load(
                 failures.append(status)
 
     workers = [asyncio.create_task(load()) for _ in range(4)]
-    await asyncio.sleep(0.3)
+    await until(lambda: len(echo.seen) >= 20, "the load under way")
     seen_before = len(echo.seen)
     vol.write({"api-key": "key-version-two\n"})
     await until(lambda: echo.seen[-1].header("X-Api-Key") == "key-version-two", "the new key")
-    await asyncio.sleep(0.3)  # keep the load on after the swap
+    swapped = len(echo.seen)
+    await until(lambda: len(echo.seen) >= swapped + 20, "the load kept on after the swap")
     done.set()
     await asyncio.gather(*workers)
 
@@ -171,18 +189,23 @@ async def test_invalid_config_is_refused_and_old_one_keeps_serving(
         == 0
     )
 
-    # The watcher does not retry the same bad file every second...
-    await asyncio.sleep(0.35)
+    # The watcher does not retry the same bad file at every poll...
+    polls = 0
+    snapshot = reloader._snapshot
+
+    def counted() -> Any:
+        nonlocal polls
+        polls += 1
+        return snapshot()
+
+    reloader._snapshot = counted
+    await until(lambda: polls >= 3, "three polls of the watcher")
     assert (
         await metric(http, proxy.admin_url, "authproxy_config_reloads_total", outcome="error") == 1
     )
     # ...but picks up the fix by itself.
     cfg.write_text(good.replace("/s/", "/t/"))
-    for _ in range(50):
-        if (await call(http, "GET", proxy.url + "/t/fixed"))[0] == 200:
-            break
-        await asyncio.sleep(0.05)
-    assert (await call(http, "GET", proxy.url + "/t/fixed"))[0] == 200
+    await until_status(http, proxy.url + "/t/fixed", 200)
     status, body, headers = await call(http, "GET", proxy.url + "/s/gone")
     assert status == 404 and headers["X-Authproxy-Error"] == "no_route"
 
@@ -321,23 +344,14 @@ async def test_sighup_reloads_a_serve_process(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                if (await call(http, "GET", url + "/a/x"))[0] == 200:
-                    break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
+        await until_status(http, url + "/a/x", 200)
         # Write the new file and signal at once: whichever of SIGHUP and the
         # watcher comes first reloads it, and the other finds nothing new.
         cfg.write_text(
             head + f"  b: {{prefix: /b/, upstream: {echo.url}/, auth: {{type: none}}}}\n"
         )
         proc.send_signal(signal.SIGHUP)
-        for _ in range(100):
-            if (await call(http, "GET", url + "/b/x"))[0] == 200:
-                break
-            await asyncio.sleep(0.05)
-        assert (await call(http, "GET", url + "/b/x"))[0] == 200
+        await until_status(http, url + "/b/x", 200)
         assert (await call(http, "GET", url + "/a/x"))[0] == 404
         ok = await metric(http, f"http://127.0.0.1:{admin}", "authproxy_config_reloads_total",
                           outcome="success")  # fmt: skip

@@ -116,13 +116,8 @@ async def _drain(proxy: Proxy, worker: int | None) -> int:
     if worker is None:
         for sig in _STOPS:
             loop.add_signal_handler(sig, now)
-    else:
-        # A worker may get SIGTERM twice for one stop (systemd signals the whole
-        # cgroup, and the supervisor passes it on): only SIGUSR1, which the
-        # supervisor sends for a second stop, means "now".
-        for sig in _STOPS:
-            loop.add_signal_handler(sig, lambda: None)
-        loop.add_signal_handler(signal.SIGUSR1, now)
+    else:  # only SIGUSR1, the supervisor's second stop, means "now" to a worker
+        workers.cut_on_sigusr1(loop, now)
     try:
         await stopping
     except asyncio.CancelledError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -20,38 +19,35 @@ from proxy.errors import MethodNotAllowed, NoRoute, ProxyError, error_answer
 from proxy.http1 import Request
 from proxy.ops import status_page as status_page
 from proxy.ops.readiness import readiness, readiness_doc, route_states
+from proxy.ops.view import ProxyView
 from proxy.tokens.stores.base import store_state
-
-if TYPE_CHECKING:
-    from proxy.app import Proxy
-
 
 _JSON = b"application/json; charset=utf-8"
 _NO_STORE = (b"Cache-Control", b"no-store")
 
 
-def _json(request: Request, doc: Any, status: int = 200) -> None:
+def _json(request: Request, doc: object, status: int = 200) -> None:
     body = json.dumps(doc).encode()
     request.respond(status, [(b"Content-Type", _JSON), _NO_STORE], body)
 
 
-def metrics(proxy: Proxy, request: Request) -> None:
+def metrics(proxy: ProxyView, request: Request) -> None:
     readiness(proxy)  # authproxy_route_ready, as of this scrape
     body = proxy.metrics.render()
     request.respond(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], body)
 
 
-def healthz(proxy: Proxy, request: Request) -> None:
+def healthz(proxy: ProxyView, request: Request) -> None:
     _json(request, {"status": "ok"})
 
 
-def readyz(proxy: Proxy, request: Request) -> None:
+def readyz(proxy: ProxyView, request: Request) -> None:
     ready, doc = readiness_doc(proxy)
     doc["token_store"] = store_state(proxy.store)  # shown; never gates readiness
     _json(request, doc, 200 if ready else 503)
 
 
-def status(proxy: Proxy, request: Request) -> None:
+def status(proxy: ProxyView, request: Request) -> None:
     """The per-route view for a person; JSON when the client asks for it."""
     _ready, doc = readiness_doc(proxy)
     accept = request.get_header(b"accept") or b""
@@ -62,7 +58,7 @@ def status(proxy: Proxy, request: Request) -> None:
     request.respond(200, [(b"Content-Type", b"text/html; charset=utf-8"), _NO_STORE], page.encode())
 
 
-ENDPOINTS: dict[str, Callable[[Proxy, Request], None]] = {
+ENDPOINTS: dict[str, Callable[[ProxyView, Request], None]] = {
     "/metrics": metrics,
     "/healthz": healthz,
     "/readyz": readyz,
@@ -70,7 +66,7 @@ ENDPOINTS: dict[str, Callable[[Proxy, Request], None]] = {
 }
 
 
-def admin_handler(proxy: Proxy) -> Callable[[Request], Awaitable[None]]:
+def admin_handler(proxy: ProxyView) -> Callable[[Request], Awaitable[None]]:
     """The admin port's request handler, for a :class:`proxy.http1.Server`."""
 
     async def handle(request: Request) -> None:

@@ -21,12 +21,9 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from proxy import config as configmod
-
-if TYPE_CHECKING:
-    from proxy.app import Proxy
+from proxy.ops.view import Reloadable
 
 log = logging.getLogger("authproxy.reload")
 
@@ -66,7 +63,7 @@ class Reloader:
 
     def __init__(
         self,
-        proxy: Proxy,
+        proxy: Reloadable,
         config_path: str,
         *,
         interval: float = 1.0,
@@ -152,7 +149,7 @@ class Reloader:
             )
             return False
         try:
-            outcome: dict[str, Any] = await self.proxy.reload(new)
+            outcome = await self.proxy.reload(new)
         except Exception as exc:
             counter.labels("error").inc()
             log.error(

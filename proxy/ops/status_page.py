@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import html
 from datetime import UTC, datetime
-from typing import Any
 
+from proxy.ops.readiness import ReadinessDoc, RouteState
 from proxy.telemetry.recent import WINDOW
 
 #: seconds between the page's own reloads
@@ -53,55 +53,62 @@ def _cell(text: str, cls: str = "") -> str:
     return f"<td{attr}>{html.escape(text)}</td>"
 
 
-def render(doc: dict[str, Any], now: float) -> str:
+def _token_cells(r: RouteState, now: float) -> tuple[str, str, str, str]:
+    """token, expires, refreshes, source."""
+    if r["token"] == "not needed":
+        return ("not needed",) * 4
+    if r["token"] == "none":
+        expiry = "no token"
+    elif r.get("expires_at") is None:
+        expiry = "does not expire"
+    else:
+        expiry = _when(r.get("expires_at"), now)
+    if r.get("token_held"):
+        refresh = _when(r.get("refresh_at"), now)
+    else:
+        refresh = "retrying (backoff)" if r.get("last_error") else "fetching"
+    return r["token"], expiry, refresh, r.get("source") or "none yet"
+
+
+def _row(name: str, r: RouteState, now: float) -> str:
+    recent = r.get("recent_401", {})
+    replays = recent.get("replayed", 0)
+    refusals = sum(n for kind, n in recent.items() if kind != "replayed")
+    token, expiry, refresh, source = _token_cells(r, now)
+    error = r.get("last_error_message") or r.get("last_error")
+    error_text = f"{error} ({_when(r.get('last_error_at'), now)})" if error else "none"
+    if r.get("needs_consent"):
+        error_text = "needs consent: run `authproxy authorize`; " + error_text
+    ready = "yes" if r["ready"] else "no"
+    if r.get("required"):
+        ready += " (gates readiness)"
+    cells = [
+        _cell(name),
+        _cell(r["prefix"]),
+        _cell(r["auth"]),
+        _cell(ready, "ok" if r["ready"] else "bad"),
+        _cell(token),
+        _cell(expiry),
+        _cell(refresh),
+        _cell(source),
+        _cell(error_text, "bad" if r.get("last_error") else "muted"),
+        _cell(f"{replays} replayed, {refusals} refused"),
+        _cell(str(r["requests"])),
+        _cell(str(r["inflight"])),
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+_HEADS = (
+    "route", "prefix", "auth", "ready", "token", "expires", "refreshes", "source",
+    "last error", f"401s, last {int(WINDOW // 60)} min", "requests", "in flight",
+)  # fmt: skip
+
+
+def render(doc: ReadinessDoc, now: float) -> str:
     """The page for a /readyz document (see :func:`proxy.ops.readiness.readiness_doc`)."""
-    rows = []
-    for name, r in doc["routes"].items():
-        recent = r.get("recent_401", {})
-        replays = recent.get("replayed", 0)
-        refusals = sum(n for kind, n in recent.items() if kind != "replayed")
-        if r["token"] == "not needed":
-            token = expiry = refresh = source = "not needed"
-        else:
-            token = r["token"]
-            if r["token"] == "none":
-                expiry = "no token"
-            elif r.get("expires_at") is None:
-                expiry = "does not expire"
-            else:
-                expiry = _when(r.get("expires_at"), now)
-            if r.get("token_held"):
-                refresh = _when(r.get("refresh_at"), now)
-            else:
-                refresh = "retrying (backoff)" if r.get("last_error") else "fetching"
-            source = r.get("source") or "none yet"
-        error = r.get("last_error_message") or r.get("last_error")
-        error_text = f"{error} ({_when(r.get('last_error_at'), now)})" if error else "none"
-        if r.get("needs_consent"):
-            error_text = "needs consent: run `authproxy authorize`; " + error_text
-        ready = "yes" if r["ready"] else "no"
-        if r.get("required"):
-            ready += " (gates readiness)"
-        cells = [
-            _cell(name),
-            _cell(r["prefix"]),
-            _cell(r["auth"]),
-            _cell(ready, "ok" if r["ready"] else "bad"),
-            _cell(token),
-            _cell(expiry),
-            _cell(refresh),
-            _cell(source),
-            _cell(error_text, "bad" if r.get("last_error") else "muted"),
-            _cell(f"{replays} replayed, {refusals} refused"),
-            _cell(str(r["requests"])),
-            _cell(str(r["inflight"])),
-        ]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    heads = (
-        "route", "prefix", "auth", "ready", "token", "expires", "refreshes", "source",
-        "last error", f"401s, last {int(WINDOW // 60)} min", "requests", "in flight",
-    )  # fmt: skip
-    head = "".join(f"<th>{h}</th>" for h in heads)
+    rows = "".join(_row(name, r, now) for name, r in doc["routes"].items())
+    head = "".join(f"<th>{h}</th>" for h in _HEADS)
     overall = "draining" if doc["draining"] else ("ready" if doc["ready"] else "not ready")
     store = ", ".join(f"{k}: {v}" for k, v in doc["store"].items())
     gates = ", ".join(doc["require_tokens"]) or "none (each token route after a first attempt)"
@@ -113,7 +120,7 @@ def render(doc: dict[str, Any], now: float) -> str:
         f'<h1>authproxy: <span class="{"ok" if doc["ready"] else "bad"}">{overall}</span></h1>'
         f"<p>Token store: {html.escape(store)}. Routes that gate readiness: "
         f"{html.escape(gates)}.</p>"
-        f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+        f"<table><tr>{head}</tr>{rows}</table>"
         f"<p><small>As of {stamp}; this page reloads every {REFRESH} s. "
         "JSON: send <code>Accept: application/json</code>, or see /readyz.</small></p>"
         "</body></html>"

@@ -33,6 +33,7 @@ would fail the same way); a worker that dies later is restarted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -41,7 +42,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
@@ -93,20 +94,28 @@ def worker_config(config: configmod.Config, index: int) -> configmod.Config:
 
 #: a stop signal arrived before the worker's event loop took the signals over
 _early_stop: list[int] = []
+#: SIGUSR1 ("stop now") arrived before the worker's event loop took it over
+_early_now: list[int] = []
 
 
 def stop_requested() -> bool:
-    """Whether SIGTERM/SIGINT came while the worker was still starting."""
-    return bool(_early_stop)
+    """Whether SIGTERM/SIGINT (or SIGUSR1) came while the worker was still starting."""
+    return bool(_early_stop or _early_now)
 
 
 def become_worker(index: int) -> None:
     """In a worker process, at start: die with the supervisor, tag every log line,
-    and keep a stop signal that comes before serving starts (not die of it)."""
+    and keep a stop signal that comes before serving starts (not die of it).
+
+    SIGUSR1 is caught from here on too. Its default action kills the process, and
+    the loop takes it over only once the drain has begun: a second stop that the
+    supervisor passes on right after the first would otherwise kill the worker
+    (no "stopped", no clean close) or, caught too late, be lost."""
     from proxy.telemetry import logs as logs
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: _early_stop.append(signum))
+    signal.signal(signal.SIGUSR1, lambda signum, frame: _early_now.append(signum))
     logs.WORKER = index
     parent = int(os.environ.get(ENV_SUPERVISOR, "0"))
     try:
@@ -118,6 +127,18 @@ def become_worker(index: int) -> None:
         pass
     if parent and os.getppid() != parent:
         raise SystemExit(EXIT_FAIL)  # the supervisor died before prctl took effect
+
+
+def cut_on_sigusr1(loop: asyncio.AbstractEventLoop, now: Callable[[], None]) -> None:
+    """In a worker whose drain has begun: SIGUSR1 (the supervisor's second stop)
+    cuts what is in flight, also one that came before this; SIGTERM/SIGINT again do
+    nothing (systemd signals the whole cgroup, and the supervisor passes the same
+    stop on: one stop may reach a worker twice)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: None)
+    loop.add_signal_handler(signal.SIGUSR1, now)
+    if _early_now:
+        now()
 
 
 @dataclass
@@ -198,15 +219,18 @@ class Supervisor:
         sent = 0
         failed = 0
         while True:
-            if self.signals > sent:
-                if sent == 0:
+            # One signal at a time: two that came within one poll are a drain and
+            # then a cut, and one that comes while this passes the last one on is
+            # counted, not absorbed.
+            while self.signals > sent:
+                sent += 1
+                if sent == 1:
                     log.info("stopping the workers")
                     sd_notify.notify("STOPPING=1")
                     self._send(signal.SIGTERM)
                 else:
                     log.warning("second signal: stopping the workers now")
                     self._send(signal.SIGUSR1)
-                sent = self.signals
             if self._reload:
                 self._reload = False
                 self._send(signal.SIGHUP)
@@ -272,4 +296,4 @@ def supervise(config: configmod.Config, argv: Sequence[str], workers: int) -> in
     return Supervisor(config, argv, workers).run()
 
 
-__all__ = ["become_worker", "stop_requested", "supervise", "worker_config"]
+__all__ = ["become_worker", "cut_on_sigusr1", "stop_requested", "supervise", "worker_config"]
