@@ -256,4 +256,4 @@ async def test_urls_of_ipv6_wildcard_listeners_reach_them(
         assert resp.status == 200
     async with http.get(proxy.url + "/nowhere/x") as resp:
         assert resp.status == 404
-        assert (await resp.json())["error"] == "no_route"
+        assert (await resp.json())["error"]["code"] == "no_route"
