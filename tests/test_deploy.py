@@ -458,6 +458,141 @@ def test_systemd_unit_is_hardened_reloads_on_hup_and_is_the_one_documented() -> 
     assert service["NoNewPrivileges"] == "yes"
     assert "User" in service or service.get("DynamicUser") == "yes"
     assert seconds(service["TimeoutStopSec"]) > 20  # shutdown_grace's default
+    # READY=1 from `serve` once it listens (issue 14): ordered units wait for it.
+    assert service["Type"] == "notify"
+    assert service["ExecStart"].split()[1:3] == ["serve", "-c"]
+    for key, value in {
+        "PrivateUsers": "yes",
+        "PrivateMounts": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "DevicePolicy": "closed",
+        "PrivateDevices": "yes",
+    }.items():
+        assert service.get(key) == value, key
+
+
+def unit_copy(tmp_path: Path) -> Path:
+    unit = tmp_path / "authproxy.service"
+    shutil.copy(DEPLOY / "systemd" / "authproxy.service", unit)
+    return unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze")
+def test_systemd_unit_verifies_and_its_exposure_stays_low(tmp_path: Path) -> None:
+    """systemd-analyze offline: no PID 1 needed. The only complaint allowed from
+    `verify` is the binary that is not installed on this machine."""
+    unit = unit_copy(tmp_path)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if line.strip() and "/opt/authproxy/bin/authproxy is not executable" not in line
+    ]
+    assert problems == [], problems
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    level = re.search(r"Overall exposure level for authproxy.service: (\d+\.\d+)", out)
+    assert level, out
+    assert float(level.group(1)) <= 1.2, out  # 1.4 before PrivateUsers, MDWE and the rest
+    for setting in ("PrivateUsers=", "PrivateMounts=", "MemoryDenyWriteExecute="):
+        assert any(line.startswith("✓ " + setting) for line in out.splitlines()), setting
+
+
+#: run argv[1:] under the kernel's "memory deny write execute" (prctl PR_SET_MDWE,
+#: Linux 6.3+), which is what systemd's MemoryDenyWriteExecute= enforces (there with
+#: seccomp); inherited by every child, so by --workers' workers too
+MDWE_EXEC = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "if libc.prctl(65, 1, 0, 0, 0) != 0:\n"
+    "    sys.exit(77)\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+class _Upstream(threading.Thread):
+    """A plain HTTP upstream that answers 200 with the header authproxy added."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                body = (self.headers.get("X-Api-Key") or "").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        super().__init__(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+
+def test_serving_holds_under_memory_deny_write_execute(tmp_path: Path) -> None:
+    """MemoryDenyWriteExecute=yes in the unit: authproxy, on uvloop, with two workers
+    (the ctypes prctl), serves, counts and drains with no writable+executable page."""
+    import importlib.util
+
+    assert importlib.util.find_spec("uvloop"), "the test extra installs uvloop: serve runs on it"
+    wx = "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)"
+    probe = subprocess.run(
+        [sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", wx],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if probe.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE")
+    # The control: under MDWE a W+X mapping is refused, so the run below can fail.
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
+    upstream = _Upstream()
+    upstream.start()
+    listen, admin = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{listen}\nadmin_listen: 127.0.0.1:{admin}\nshutdown_grace: 2s\n"
+        f"routes:\n  e: {{upstream: 'http://127.0.0.1:{upstream.port}/', auth: "
+        "{type: static, header: X-Api-Key, value: mdwe-static-key}}\n"
+    )
+    log = (tmp_path / "serve.log").open("w")
+    serve = [sys.executable, "-m", "proxy", "serve", "-c", str(config), "--workers", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MDWE_EXEC, *serve],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        answer = None
+        while answer is None:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "serve.log"
+            ).read_text()
+            try:
+                answer = http_get(f"http://127.0.0.1:{listen}/e/x")
+            except OSError:
+                time.sleep(0.05)
+        assert answer == (200, "mdwe-static-key")
+        status, metrics = http_get(f"http://127.0.0.1:{admin}/metrics")
+        assert status == 200 and "authproxy_requests_total" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        upstream.server.shutdown()
+        upstream.server.server_close()
 
 
 # --- container image -----------------------------------------------------------------
@@ -690,6 +825,31 @@ def test_image_checks_config_serves_health_and_stops_cleanly_on_sigterm(
             proc.kill()
             proc.wait()
         log.close()
+
+
+#: `pip install` of the name `authproxy` (with extras or quoted) from the index, which
+#: holds an unrelated project of that name (issue 14, item 7)
+INDEX_INSTALL = re.compile(r"pip3? install\s+(?:-\S+\s+)*['\"]?authproxy(?![-\w./])")
+
+
+def test_no_doc_or_unit_installs_the_other_authproxy_from_the_index() -> None:
+    texts = {p.relative_to(REPO).as_posix(): p.read_text() for p in REPO.glob("docs/*.md")}
+    texts["README.md"] = (REPO / "README.md").read_text()
+    for p in DEPLOY.rglob("*"):
+        if p.is_file() and p.suffix != ".json":
+            texts[p.relative_to(REPO).as_posix()] = p.read_text()
+    found = {name: m.group(0) for name, text in texts.items() if (m := INDEX_INSTALL.search(text))}
+    assert found == {}, found
+    # ... and the pattern does catch what was there before.
+    for bad in (
+        "pip install 'authproxy[speed]'",
+        "pip install authproxy",
+        'pip install -U "authproxy"',
+    ):
+        assert INDEX_INSTALL.search(bad), bad
+    for good in ("pip install '.[speed]'", 'pip install "$(ls dist/authproxy-*.whl)[speed]"'):
+        assert not INDEX_INSTALL.search(good), good
+    assert "pip wheel" in texts["README.md"] and "pip wheel" in texts["docs/deploy.md"]
 
 
 def test_docs_do_not_go_stale_on_paths() -> None:
