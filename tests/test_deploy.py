@@ -692,8 +692,13 @@ def http_get(url: str) -> tuple[int, str]:
 
 def test_dockerfile_builds_a_slim_nonroot_image_serving_by_default() -> None:
     build, runtime = dockerfile_stages()
-    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", (DEPLOY / "Dockerfile").read_text())
-    assert base and base.group(1) == "python:3.11-slim"
+    text = (DEPLOY / "Dockerfile").read_text()
+    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", text)
+    # pinned: a full Python version and the Debian release, never a moving tag
+    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base.group(1)), base
+    # ... with the digest pinning documented next to it, in the form docker takes
+    example = re.search(r"PYTHON_IMAGE=(python:\S+)@sha256:", text)
+    assert example and example.group(1) == base.group(1)
     assert build[0][1].startswith("${PYTHON_IMAGE} AS ") and runtime[0][1] == "${PYTHON_IMAGE}"
     user = [args for instruction, args in runtime if instruction == "USER"][-1]
     uid, _, gid = user.partition(":")
@@ -705,6 +710,32 @@ def test_dockerfile_builds_a_slim_nonroot_image_serving_by_default() -> None:
     assert commands["ENTRYPOINT"] + commands["CMD"] == ["authproxy", "serve"]
     installs = [a for i, a in build if i == "RUN" and "pip" in a and " install " in a]
     assert len(installs) == 1 and "[speed,redis]" in installs[0]
+
+
+def dockerfile_labels(stage: list[tuple[str, str]]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for instruction, args in stage:
+        if instruction == "LABEL":
+            labels.update(item.split("=", 1) for item in shlex.split(args))
+    return labels
+
+
+def test_image_carries_the_oci_labels_and_a_healthcheck_of_its_own() -> None:
+    _, runtime = dockerfile_stages()
+    labels = dockerfile_labels(runtime)
+    oci = "org.opencontainers.image."
+    for key in ("title", "description", "licenses", "version", "revision", "created",
+                "source", "base.name"):  # fmt: skip
+        assert labels.get(oci + key), key
+    assert labels[oci + "licenses"] == "Apache-2.0"
+    # the build-specific labels are build arguments of the stage that labels
+    declared = {a.split("=", 1)[0] for i, a in runtime if i == "ARG"}
+    for key in ("version", "revision", "created", "source", "base.name"):
+        assert re.fullmatch(r"\$\{(\w+)\}", labels[oci + key]).group(1) in declared, key
+    (health,) = [a for i, a in runtime if i == "HEALTHCHECK"]
+    options, _, command = health.partition("CMD")
+    assert json.loads(command) == ["authproxy", "healthcheck"]
+    assert "--timeout=" in options and "--start-period=" in options
 
 
 def build_image_venv(root: Path) -> Path:
