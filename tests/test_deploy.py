@@ -849,13 +849,33 @@ def test_image_checks_config_serves_health_and_stops_cleanly_on_sigterm(
         assert status == 200
         charted = set().union(*map(metric_names, dashboard_queries()))
         assert charted <= metric_names(metrics), sorted(charted - metric_names(metrics))
+        # The image's HEALTHCHECK, as Docker runs it: the config from AUTHPROXY_CONFIG.
+        health = healthcheck(authproxy, env, tmp_path)
+        assert health is None or health.returncode == 0, health
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, (tmp_path / "serve.log").read_text()
+        health = healthcheck(authproxy, env, tmp_path)
+        assert health is None or health.returncode != 0, "healthy with nothing serving"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         log.close()
+    if health is None:
+        pytest.skip("this checkout's authproxy has no `healthcheck` command yet")
+
+
+def healthcheck(
+    authproxy: str, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str] | None:
+    """``authproxy healthcheck`` (the Dockerfile's HEALTHCHECK); None when the command
+    does not exist in this build."""
+    has = subprocess.run([authproxy, "healthcheck", "--help"], capture_output=True, env=env)
+    if has.returncode != 0:
+        return None
+    return subprocess.run(
+        [authproxy, "healthcheck"], capture_output=True, text=True, env=env, cwd=cwd, timeout=30
+    )
 
 
 #: `pip install` of the name `authproxy` (with extras or quoted) from the index, which
