@@ -849,20 +849,46 @@ def test_image_checks_config_serves_health_and_stops_cleanly_on_sigterm(
         assert status == 200
         charted = set().union(*map(metric_names, dashboard_queries()))
         assert charted <= metric_names(metrics), sorted(charted - metric_names(metrics))
-        # The image's HEALTHCHECK, as Docker runs it: the config from AUTHPROXY_CONFIG.
-        health = healthcheck(authproxy, env, tmp_path)
-        assert health is None or health.returncode == 0, health
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, (tmp_path / "serve.log").read_text()
-        health = healthcheck(authproxy, env, tmp_path)
-        assert health is None or health.returncode != 0, "healthy with nothing serving"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         log.close()
-    if health is None:
-        pytest.skip("this checkout's authproxy has no `healthcheck` command yet")
+
+
+def test_image_healthcheck_passes_while_serving_and_fails_after(
+    image_venv: Path, tmp_path: Path
+) -> None:
+    """The Dockerfile's HEALTHCHECK as Docker runs it: no -c, the config from
+    AUTHPROXY_CONFIG, the admin address from the config (not 9090)."""
+    authproxy = str(image_venv / "bin" / "authproxy")
+    env = dict(os.environ, AUTHPROXY_CONFIG=str(tmp_path / "config.yaml"))
+    if healthcheck(authproxy, env, tmp_path) is None:
+        pytest.skip("this checkout's authproxy has no `healthcheck` command yet (helper cli)")
+    listen, admin = free_port(), free_port()
+    (tmp_path / "config.yaml").write_text(
+        f"listen: 127.0.0.1:{listen}\nadmin_listen: 127.0.0.1:{admin}\nshutdown_grace: 1s\n"
+        "routes:\n  e: {upstream: 'http://127.0.0.1:9/', auth: {type: none}}\n"
+    )
+    before = healthcheck(authproxy, env, tmp_path)
+    assert before is not None and before.returncode != 0, "healthy before serving"
+    proc = subprocess.Popen([authproxy, "serve"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while (health := healthcheck(authproxy, env, tmp_path)).returncode != 0:  # type: ignore[union-attr]
+            assert proc.poll() is None and time.monotonic() < deadline, health
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    after = healthcheck(authproxy, env, tmp_path)
+    assert after is not None and after.returncode != 0, "healthy with nothing serving"
 
 
 def healthcheck(
@@ -901,6 +927,23 @@ def test_no_doc_or_unit_installs_the_other_authproxy_from_the_index() -> None:
     for good in ("pip install '.[speed]'", 'pip install "$(ls dist/authproxy-*.whl)[speed]"'):
         assert not INDEX_INSTALL.search(good), good
     assert "pip wheel" in texts["README.md"] and "pip wheel" in texts["docs/deploy.md"]
+
+
+def test_license_is_the_apache_license_that_pyproject_names() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    text = (REPO / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    for needle in (
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "9. Accepting Warranty or Additional Liability.",
+        "END OF TERMS AND CONDITIONS",
+        "APPENDIX: How to apply the Apache License to your work.",
+    ):
+        assert needle in text, needle
+    assert len(text.split()) > 1500  # the whole text, not a pointer to it
 
 
 def test_docs_do_not_go_stale_on_paths() -> None:
