@@ -179,13 +179,17 @@ def config_text(docs: list[dict[str, Any]]) -> str:
 
 
 def run_check(
-    cmd: list[str], text: str, tmp_path: Path, cwd: Path | None = None
+    cmd: list[str],
+    text: str,
+    tmp_path: Path,
+    cwd: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
     """`authproxy check` on a config, with fake files for its ${file:} secrets.
 
     PYTHONPATH is dropped, so that the image's venv runs what it installed."""
     secrets = tmp_path / "secrets"
-    secrets.mkdir(exist_ok=True)
+    secrets.mkdir(parents=True, exist_ok=True)
     for ref in FILE_REF.findall(text):
         assert ref.startswith(SECRETS_DIR), f"{ref}: secrets live under {SECRETS_DIR}"
         (secrets / ref[len(SECRETS_DIR) :]).write_text("fake-secret-value\n")
@@ -194,7 +198,7 @@ def run_check(
     path = tmp_path / "config.yaml"
     path.write_text(text.replace(SECRETS_DIR, f"{secrets}/"))
     return subprocess.run(
-        [*cmd, "check", "-c", str(path)],
+        [*cmd, "check", "-c", str(path), *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -323,16 +327,124 @@ def test_multi_replica_shares_tokens_through_redis() -> None:
     ((workload, spec),) = authproxy_pods(docs)
     assert workload["spec"]["replicas"] == 3
     config = yaml.safe_load(config_text(docs))
-    assert config["token_store"] == {"type": "redis", "url": "redis://redis:6379/0"}
+    assert config["token_store"] == {
+        "type": "redis",
+        "url": "redis://redis:6379/0",
+        "password": "${file:/etc/authproxy/secrets/redis-password}",
+    }
     objects = by_id(docs)
     service = objects[("Service", "redis")]
     redis = objects[("Deployment", "redis")]["spec"]["template"]
     assert service["spec"]["selector"].items() <= redis["metadata"]["labels"].items()
     assert [p["port"] for p in service["spec"]["ports"]] == [6379]
-    # Only the sidecars may reach the password-less Redis.
+    # Only the sidecars may reach Redis.
     policy = objects[("NetworkPolicy", "redis")]["spec"]
     allowed = policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert allowed.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    # Redis requires the password that the sidecars read: the same key of one Secret.
+    (server,) = redis["spec"]["containers"]
+    args = server["args"]
+    var = re.fullmatch(r"\$\((\w+)\)", args[args.index("--requirepass") + 1])
+    assert var, args
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"]}
+    files = mounted_files(spec, authproxy_container(spec))
+    secret = files["/etc/authproxy/secrets/redis-password"]
+    assert secret == ("secret", refs[var.group(1)]["name"], refs[var.group(1)]["key"])
+    assert refs["REDISCLI_AUTH"] == refs[var.group(1)]  # the readiness probe authenticates
+    assert "redis-cli" in server["readinessProbe"]["exec"]["command"]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server (Debian)")
+def test_multi_replica_redis_runs_with_the_password_and_the_sidecar_config_gets_in(
+    tmp_path: Path,
+) -> None:
+    """The overlay's own redis-server arguments, on a real redis-server, and
+    `authproxy check --connect` with the overlay's config: it authenticates with the
+    password from the Secret's file; without that password it is refused."""
+    docs = rendered("multi-replica-redis")
+    (server,) = by_id(docs)[("Deployment", "redis")]["spec"]["template"]["spec"]["containers"]
+    # What the Secret's key holds (run_check writes it, plus a newline that authproxy
+    # strips and Kubernetes would not: redis.yaml says to store it without one).
+    password = "fake-secret-value"
+    port = free_port()
+    args = [a.replace("$(REDIS_PASSWORD)", password) for a in server["args"]]
+    assert args[0] == "redis-server" and password in args
+    proc = subprocess.Popen(
+        [*args, "--port", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        cli, *command = server["readinessProbe"]["exec"]["command"]
+        probe = [cli, "-p", str(port), *command]
+        env = dict(os.environ, REDISCLI_AUTH=password)
+        deadline = time.monotonic() + 20
+        while (
+            pong := subprocess.run(probe, capture_output=True, text=True, env=env)
+        ).stdout != "PONG\n":
+            assert proc.poll() is None and time.monotonic() < deadline, pong
+            time.sleep(0.05)
+        noauth = subprocess.run(probe, capture_output=True, text=True)
+        assert "NOAUTH" in noauth.stdout + noauth.stderr  # the password is required
+        text = config_text(docs).replace("redis://redis:6379/0", f"redis://127.0.0.1:{port}/0")
+        cmd = [sys.executable, "-m", "proxy"]
+        ok = run_check(cmd, text, tmp_path / "with", cwd=REPO, extra=("--connect",))
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "connected and authenticated" in ok.stdout
+        without = "\n".join(line for line in text.splitlines() if "redis-password" not in line)
+        refused = run_check(cmd, without, tmp_path / "without", cwd=REPO, extra=("--connect",))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert password not in refused.stdout + refused.stderr + ok.stdout + ok.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_admin_networkpolicy_lets_only_prometheus_reach_the_admin_port(tmp_path: Path) -> None:
+    (policy,) = kustomize(K8S / "components" / "admin-networkpolicy")
+    check_schema(policy)
+    spec = policy["spec"]
+    (monitor,) = kustomize(K8S / "components" / "podmonitor")
+    assert spec["podSelector"] == monitor["spec"]["selector"]  # the same pods
+    assert spec["policyTypes"] == ["Ingress"]
+    admin, rest = spec["ingress"]
+    (peer,) = admin["from"]  # one peer: namespace AND pod selector, not either
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert peer["podSelector"]["matchLabels"], "Prometheus' pods only, not the whole namespace"
+    assert admin["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    # Every other port stays open as without the policy (it applies to the whole pod).
+    assert "from" not in rest
+    opened: dict[str, set[int]] = {"TCP": set(), "UDP": set()}
+    for p in rest["ports"]:
+        opened[p["protocol"]].update(range(p["port"], p.get("endPort", p["port"]) + 1))
+    assert opened == {"TCP": set(range(1, 65536)) - {9090}, "UDP": set(range(1, 65536))}
+    for overlay in OVERLAYS:
+        for workload, pod in authproxy_pods(rendered(overlay)):
+            labels = workload["spec"]["template"]["metadata"]["labels"]
+            assert spec["podSelector"]["matchLabels"].items() <= labels.items(), overlay
+            ports = {p["name"]: p["containerPort"] for p in authproxy_container(pod)["ports"]}
+            assert ports["authproxy-admin"] == 9090, overlay
+
+    # As an overlay opts in: rendered here, and by kubectl where it exists.
+    overlay = tmp_path / "with-policy"
+    overlay.mkdir()
+    spec_file = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / "native-sidecar", overlay)],
+        "components": [os.path.relpath(K8S / "components" / "admin-networkpolicy", overlay)],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(spec_file))
+    docs = kustomize(overlay)
+    for doc in docs:
+        check_schema(doc)
+    assert ("NetworkPolicy", "authproxy-admin") in by_id(docs)
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run(
+            [kubectl, "kustomize", str(overlay)],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert by_id([d for d in yaml.safe_load_all(out) if d]) == by_id(docs)
 
 
 def test_podmonitor_scrapes_every_example() -> None:
@@ -927,6 +1039,51 @@ def test_no_doc_or_unit_installs_the_other_authproxy_from_the_index() -> None:
     for good in ("pip install '.[speed]'", 'pip install "$(ls dist/authproxy-*.whl)[speed]"'):
         assert not INDEX_INSTALL.search(good), good
     assert "pip wheel" in texts["README.md"] and "pip wheel" in texts["docs/deploy.md"]
+
+
+def test_require_tokens_example_of_the_deploy_doc_passes_check(tmp_path: Path) -> None:
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "require_tokens" in b]
+    text = config_text(rendered("native-sidecar")) + block
+    result = run_check([sys.executable, "-m", "proxy"], text, tmp_path, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    named = yaml.safe_load(block)["readiness"]["require_tokens"]
+    assert set(named) <= set(yaml.safe_load(text)["routes"])
+
+
+def test_ipv6_wildcard_admin_listen_of_the_docs_serves_probes(tmp_path: Path) -> None:
+    """`admin_listen: "[::]:9090"` (docs/deploy.md, config.example.yaml) on a real
+    serve: the probes reach it over IPv6, as the kubelet does on an IPv6 cluster."""
+    assert '"[::]:9090"' in (REPO / "docs" / "deploy.md").read_text()
+    assert '"[::]:9090"' in (REPO / "config.example.yaml").read_text()
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    admin = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f'listen: "[::1]:{free_port()}"\nadmin_listen: "[::]:{admin}"\n'
+        "routes:\n  e: {upstream: 'http://127.0.0.1:9/', auth: {type: none}}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        status = None
+        while status is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "no answer on [::1]"
+            try:
+                status, _ = http_get(f"http://[::1]:{admin}/healthz")
+            except OSError:
+                time.sleep(0.05)
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
 
 
 def test_license_is_the_apache_license_that_pyproject_names() -> None:
