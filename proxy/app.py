@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import os
 import time
-from typing import Any
+from collections.abc import Coroutine
 
 from proxy.clock import Clock, SystemClock
 from proxy.config.model import Config
@@ -72,7 +72,7 @@ class Proxy:
         self.draining = False
         self._server: Server | None = None
         self._admin: Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.proxy_address: Listen | None = None
         self.admin_address: Listen | None = None
         self._allow = config.allow_from
@@ -147,7 +147,7 @@ class Proxy:
         self._retired.clear()
         await self.store.close()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)  # keep a reference until done
         task.add_done_callback(self._tasks.discard)

@@ -32,7 +32,7 @@ Where each is translated:
 * a token endpoint exchange that failed: ``Http1Error`` -> ``TokenFetchError`` in
   :mod:`proxy.tokens.flows.http` (worded for the endpoint), and a failed fetch
   -> ``TokenUnavailable`` (502) or ``TokenBackoff`` (503) in
-  :func:`proxy.tokens.timing.as_proxy_error`.
+  :func:`proxy.tokens.backoff.as_proxy_error`.
 
 Outside the tree, on purpose: errors of start-up and of tools, never answered to
 a client. ``ConfigError`` (every problem with its key path and line) and

@@ -4,7 +4,8 @@ The small API the proxy uses:
 
 * :class:`Server` (``server``) serves a port; its handler gets a :class:`Request`
   (``request``): the head as parsed, ``readany()`` for the body, ``start_lines()``,
-  ``write()``, ``end()`` and ``interim()`` for the answer.
+  ``write()``, ``end()`` and ``interim()`` for the answer, and ``expire()`` to
+  interrupt its handler when a deadline passed (the server owns the task).
 * :class:`Pool` (``pool``) sends a request to one origin over kept-alive
   connections (``client``) and returns a :class:`Response` (``response``); every
   connection is opened by :func:`open_connection`.
@@ -12,6 +13,9 @@ The small API the proxy uses:
   :mod:`~proxy.http1.flow` is the flow control both sides share;
   :mod:`~proxy.http1.errors` the one error tree, which :mod:`proxy.http_errors`
   maps to the proxy's contract.
+
+This package re-exports that API for the proxy; its own modules import from the
+module that defines a name, never from here (no cycle through the package).
 """
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,15}$")
@@ -168,10 +167,10 @@ class EgressConfig:
         base = self.https if u.scheme == "https" else self.http
         return "direct (no_proxy)" if base is not None else "direct"
 
-    def view(self, endpoints: Mapping[str, str]) -> dict[str, Any]:
+    def view(self, endpoints: Mapping[str, str]) -> dict[str, object]:
         """What ``check --explain`` shows: the proxy (credentials masked), where the
         setting came from, the exceptions, and how each of ``endpoints`` is reached."""
-        out: dict[str, Any] = {}
+        out: dict[str, object] = {}
         if self.http == self.https:
             out["proxy"] = None if self.https is None else str(self.https)
         else:
@@ -282,7 +281,7 @@ def parse_no_proxy(entries: list[str]) -> tuple[_Rule, ...]:
     return tuple(rules)
 
 
-def _split(value: Any) -> list[str]:
+def _split(value: object) -> list[str]:
     if isinstance(value, list):
         return [str(v) for v in value]
     if isinstance(value, str):
@@ -319,7 +318,7 @@ def from_env(environ: Mapping[str, str], no_proxy: list[str] | None = None) -> E
     )
 
 
-def parse_setting(value: Any, environ: Mapping[str, str]) -> EgressConfig | None:
+def parse_setting(value: object, environ: Mapping[str, str]) -> EgressConfig | None:
     """An ``egress_proxy`` value (secrets already resolved) into its config; None
     means direct. Raises ValueError with a message fit for a config error."""
     if value is None or value is False or value in ("", "none"):

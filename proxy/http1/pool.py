@@ -19,8 +19,8 @@ import asyncio
 import collections
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import proxy.http1.framing as framing
 from proxy.http1.client import Connection, Interim
@@ -40,8 +40,15 @@ class Opener(Protocol):
 
     name: str
 
-    @property
-    def open_connection(self) -> Callable[..., Awaitable[tuple[Any, Any]]]: ...
+    async def open_connection(
+        self,
+        factory: Callable[[], Connection],
+        host: str,
+        port: int,
+        *,
+        ssl: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> tuple[asyncio.Transport, Connection]: ...
 
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 
 from proxy.errors import (
     BodyTooLarge,
@@ -37,7 +37,7 @@ from proxy.proxying.deadline import BODY, HEAD, READ, Clock
 from proxy.proxying.exchange import Exchange
 from proxy.proxying.headers import request_head, response_lines
 from proxy.proxying.replay import ReplayBudget
-from proxy.proxying.request_body import StreamedBody, read_up_to
+from proxy.proxying.request_body import Body, StreamedBody
 from proxy.proxying.router import Match, join_upstream
 from proxy.proxying.runtime import RouteRuntime
 from proxy.tokens.manager import Token, TokenManager
@@ -58,18 +58,20 @@ async def _discard(resp: Response) -> None:
     resp.release()
 
 
-async def forward(
+def forward(
     request: Request,
     route: RouteRuntime,
     match: Match[RouteRuntime],
     ex: Exchange | None = None,
     budget: ReplayBudget | None = None,
-) -> None:
+) -> Coroutine[object, object, None]:
     """Send ``request`` upstream through ``route`` and stream the answer back.
 
     ``ex``, when given, is filled in for the access log (request id, token
     fetched or replayed, upstream time, bytes both ways). ``budget`` bounds the
-    replay bodies buffered by all routes together.
+    replay bodies buffered by all routes together. (A plain function that returns
+    the exchange's coroutine: the checks raise at once, and a request costs one
+    coroutine here, not two.)
     """
     config = route.config
     length = request.content_length
@@ -80,74 +82,7 @@ async def forward(
     target = join_upstream(route.base_path, match.rest, match.query)
     if ex is None:
         ex = Exchange(request.request_id or "")
-    clock = Clock.of(request)
-    body = _Body()
-    try:
-        if request.chunked or length:
-            await body.read(request, route, clock, budget)
-        await _exchange(request, route, target, body, ex, clock)
-    except asyncio.CancelledError:
-        if not request.expired():
-            raise  # cancelled by someone else (shutdown): not ours to swallow
-        if request.started:
-            why = f"no progress for {config.read_timeout:g}s (read_timeout)"
-            _cut(request, route, why)
-            return
-        raise _timed_out(route, clock) from None
-    finally:
-        clock.stop()
-        if body.reserved and budget is not None:
-            budget.give(body.reserved)
-
-
-class _Body:
-    """The request body: buffered when a 401 replay may need it, streamed otherwise."""
-
-    __slots__ = ("data", "streamed", "reserved")
-
-    def __init__(self) -> None:
-        self.data: bytes | AsyncIterator[bytes] | None = None
-        self.streamed: StreamedBody | None = None
-        #: bytes of the replay budget this body holds
-        self.reserved = 0
-
-    async def read(
-        self, request: Request, route: RouteRuntime, clock: Clock, budget: ReplayBudget | None
-    ) -> None:
-        config = route.config
-        length = request.content_length
-        limit = config.max_replay_body
-        may_replay = route.manager is not None and config.retry_on_401
-        if may_replay and budget is not None:
-            want = limit if length is None else length
-            if want <= limit:
-                self.reserved = budget.take(want)
-                may_replay = self.reserved > 0
-        try:
-            if may_replay and length is not None and length <= limit:
-                self.data = await read_up_to(request, length, clock, config.body_timeout)
-            elif may_replay and length is None:
-                head = await read_up_to(request, limit, clock, config.body_timeout)
-                if len(head) > config.max_body:
-                    raise BodyTooLarge(f"the request body is larger than {config.max_body} bytes")
-                if request.at_eof():
-                    self.data = head
-                else:
-                    self.streamed = StreamedBody(request, head, config.max_body, clock, route)
-            else:
-                self.streamed = StreamedBody(request, b"", config.max_body, clock, route)
-        except Http1Error as exc:
-            raise client_refusal(exc) from exc
-        clock.stop()
-        if self.streamed is not None:
-            self.data = self.streamed.chunks()
-
-    @property
-    def sent(self) -> int:
-        """Bytes of the body sent upstream (so far, when streamed)."""
-        if isinstance(self.data, bytes):
-            return len(self.data)
-        return self.streamed.total if self.streamed is not None else 0
+    return _exchange(request, route, target, ex, budget)
 
 
 async def _token(manager: TokenManager, ex: Exchange) -> Token:
@@ -160,31 +95,58 @@ async def _token(manager: TokenManager, ex: Exchange) -> Token:
 
 
 async def _exchange(
-    request: Request, route: RouteRuntime, target: str, body: _Body, ex: Exchange, clock: Clock
+    request: Request, route: RouteRuntime, target: str, ex: Exchange, budget: ReplayBudget | None
 ) -> None:
-    """Authenticate, send, replay once on a 401, and pass the answer on."""
-    data, streamed = body.data, body.streamed
-    how, framing_line = request_framing(
-        request.content_length, request.chunked, len(data) if isinstance(data, bytes) else None
-    )
-    token: Token | None = None
-    auth_line = route.static_line
-    manager = route.manager
-    if manager is not None:
-        token = await _token(manager, ex)
-        auth_line = route.auth_for(token, request.method, target)
-    head = request_head(request, route, target, ex.request_id, auth_line, framing_line)
-    if streamed is None:
-        clock.arm(route.config.timeout, HEAD)
-    else:
-        clock.arm(route.config.read_timeout, READ)
-    resp = await _send(request, route, head, data, streamed, how, ex)
-    clock.stop()
-    if resp.status == 401 and token is not None and route.config.retry_on_401:
-        resp = await _replay_401(request, route, token, resp, body, ex, target, framing_line, clock)
-    ex.bytes_in = body.sent
-    if not _answer_start(request, route, resp, ex):
-        await _stream_rest(request, route, resp, ex, clock)
+    """Read or stream the body, authenticate, send, replay once on a 401, answer."""
+    clock = Clock.of(request)
+    body = Body()
+    try:
+        if request.chunked or request.content_length:
+            await body.read(request, route, clock, budget)
+        data, streamed = body.data, body.streamed
+        how, framing_line = request_framing(
+            request.content_length, request.chunked, len(data) if isinstance(data, bytes) else None
+        )
+        token: Token | None = None
+        auth_line = route.static_line
+        manager = route.manager
+        if manager is not None:
+            cached = manager.token  # inline (not _token): a coroutine per request costs
+            token = await manager.get()
+            if token is not cached:
+                ex.token_fetched = True
+            auth_line = route.auth_for(token, request.method, target)
+        head = request_head(request, route, target, ex.request_id, auth_line, framing_line)
+        if streamed is None:
+            clock.arm(route.config.timeout, HEAD)
+        else:
+            clock.arm(route.config.read_timeout, READ)
+        resp = await _send(request, route, head, data, streamed, how, ex)
+        clock.stop()
+        if resp.status == 401 and token is not None and route.config.retry_on_401:
+            resp = await _replay_401(
+                request, route, token, resp, body, ex, target, framing_line, clock
+            )
+        ex.bytes_in = body.sent
+        if not _answer_start(request, route, resp, ex):
+            await _stream_rest(request, route, resp, ex, clock)
+    except asyncio.CancelledError:
+        if not request.expired():
+            raise  # cancelled by someone else (shutdown): not ours to swallow
+        _expired(request, route, clock)
+    finally:
+        clock.stop()
+        if body.reserved and budget is not None:
+            budget.give(body.reserved)
+
+
+def _expired(request: Request, route: RouteRuntime, clock: Clock) -> None:
+    """The exchange's deadline passed: the timeout's answer, or a cut once started."""
+    if request.started:
+        why = f"no progress for {route.config.read_timeout:g}s (read_timeout)"
+        _cut(request, route, why)
+        return
+    raise _timed_out(route, clock) from None
 
 
 def _check_upgrade(request: Request) -> None:
@@ -220,7 +182,7 @@ async def _replay_401(
     route: RouteRuntime,
     token: Token,
     resp: Response,
-    sent: _Body,
+    sent: Body,
     ex: Exchange,
     target: str,
     framing_line: bytes,

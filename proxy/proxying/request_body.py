@@ -1,5 +1,5 @@
 """The client's request body on its way upstream: streamed with its bound and timeouts,
-or read up to a size (for a 401 replay)."""
+or read up to a size (for a 401 replay); :class:`Body` decides which."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from proxy.errors import BodyTooLarge
 from proxy.http1.errors import Http1Error
 from proxy.http1.request import Request
+from proxy.http_errors import client_refusal
 from proxy.proxying.deadline import BODY, HEAD, READ, Clock
+from proxy.proxying.replay import ReplayBudget
 from proxy.proxying.runtime import RouteRuntime
 
 
@@ -67,4 +69,54 @@ async def read_up_to(content: Request, limit: int, clock: Clock, delay: float) -
     return b"".join(parts)
 
 
-__all__ = ["StreamedBody", "read_up_to"]
+class Body:
+    """The request body: buffered when a 401 replay may need it, streamed otherwise."""
+
+    __slots__ = ("data", "streamed", "reserved")
+
+    def __init__(self) -> None:
+        self.data: bytes | AsyncIterator[bytes] | None = None
+        self.streamed: StreamedBody | None = None
+        #: bytes of the replay budget this body holds
+        self.reserved = 0
+
+    async def read(
+        self, request: Request, route: RouteRuntime, clock: Clock, budget: ReplayBudget | None
+    ) -> None:
+        config = route.config
+        length = request.content_length
+        limit = config.max_replay_body
+        may_replay = route.manager is not None and config.retry_on_401
+        if may_replay and budget is not None:
+            want = limit if length is None else length
+            if want <= limit:
+                self.reserved = budget.take(want)
+                may_replay = self.reserved > 0
+        try:
+            if may_replay and length is not None and length <= limit:
+                self.data = await read_up_to(request, length, clock, config.body_timeout)
+            elif may_replay and length is None:
+                head = await read_up_to(request, limit, clock, config.body_timeout)
+                if len(head) > config.max_body:
+                    raise BodyTooLarge(f"the request body is larger than {config.max_body} bytes")
+                if request.at_eof():
+                    self.data = head
+                else:
+                    self.streamed = StreamedBody(request, head, config.max_body, clock, route)
+            else:
+                self.streamed = StreamedBody(request, b"", config.max_body, clock, route)
+        except Http1Error as exc:
+            raise client_refusal(exc) from exc
+        clock.stop()
+        if self.streamed is not None:
+            self.data = self.streamed.chunks()
+
+    @property
+    def sent(self) -> int:
+        """Bytes of the body sent upstream (so far, when streamed)."""
+        if isinstance(self.data, bytes):
+            return len(self.data)
+        return self.streamed.total if self.streamed is not None else 0
+
+
+__all__ = ["Body", "StreamedBody", "read_up_to"]

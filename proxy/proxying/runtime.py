@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
 
 from multidict import istr
 from yarl import URL
@@ -209,7 +210,7 @@ class RouteRuntime:
                 "the provider's token cannot be sent in a header", route=self.name
             ) from None
 
-    def dpop_challenge(self, target: str, headers: Any) -> bool:
+    def dpop_challenge(self, target: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
         """An upstream 401 is a DPoP nonce challenge: the nonce is kept; retry once."""
         return self.dpop is not None and self.dpop.challenged(self._origin + target, headers)
 
