@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -97,17 +98,24 @@ def test_usage_errors_exit_2() -> None:
     assert authproxy("frobnicate").returncode == 2
 
 
-def free_port() -> int:
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` different free ports: all held open at once while chosen, since a port
+    closed and asked for again may come back (and listen == admin_listen is refused)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    held = [socket.socket() for _ in range(n)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_runs_and_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\n"
@@ -157,7 +165,7 @@ def test_serve_on_a_busy_port_exits_1_with_a_message(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         cfg = tmp_path / "c.yaml"
         cfg.write_text(
-            f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{free_port()}\n"
+            f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:0\n"
             "routes:\n  a: {upstream: 'http://x/', auth: {type: none}}\n"
         )
         result = authproxy("serve", "-c", str(cfg))
@@ -172,3 +180,95 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     command = [line for line in ci.splitlines() if line.startswith("python3 -m venv")][0]
     assert command in readme
     assert "authproxy demo" in readme
+
+
+# -- help, and output piped into `head` ---------------------------------------------
+
+#: what each subcommand's --help offers: only the options it uses
+OPTIONS = {
+    "serve": {"--config", "--log-format", "--log-level", "--workers"},
+    "check": {"--config", "--explain", "--connect"},
+    "token": {"--config", "--log-format", "--log-level", "--show"},
+    "authorize": {"--config", "--log-format", "--log-level", "--timeout"},
+    "demo": {"--log-format", "--log-level", "--keep"},
+    "healthcheck": {"--config", "--ready", "--timeout"},
+}
+
+
+@pytest.mark.parametrize("command", sorted(OPTIONS))
+def test_each_command_shows_its_own_options_with_help_and_examples(command: str) -> None:
+    result = authproxy(command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    options_part = text.split("options:", 1)[1].split("examples:", 1)[0]
+    shown = set(re.findall(r"(--[a-z][a-z-]+)", options_part)) - {"--help"}
+    assert shown == OPTIONS[command]
+    examples = text.split("examples:", 1)[1]
+    assert f"authproxy {command}" in examples
+    assert authproxy("--help").stdout.count(command) >= 1
+
+
+def test_every_option_of_every_command_has_help_text() -> None:
+    from proxy.cli.main import parser
+
+    top = parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(OPTIONS)
+    for name, command in sub.choices.items():
+        assert command.description and command.epilog, name
+        for action in command._actions:
+            assert action.help, f"{name} {action.dest}"
+
+
+def test_an_option_another_command_uses_is_refused() -> None:
+    result = authproxy("check", "--workers", "2")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --workers" in result.stderr
+
+
+def into_closed_pipe(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run with stdout on a real pipe whose reader has gone, as `... | head` leaves it."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "proxy", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=60,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(write)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (("--help",), 0),  # argparse itself lets help go unread
+        (("serve", "--help"), 0),
+        (("check", "--explain", "-c", "config.example.yaml"), 1),
+        (("check", "-c", "config.example.yaml"), 1),
+        (("demo",), 1),
+    ],
+)
+def test_no_traceback_when_the_reader_of_the_output_is_gone(
+    args: tuple[str, ...], status: int
+) -> None:
+    code, err = into_closed_pipe(*args, env=example_env())
+    assert err == "", err
+    assert code == status  # 1 for a lost output, as Python's documentation advises
+
+
+def test_piped_into_head_prints_the_first_line_only(tmp_path: Path) -> None:
+    env = {**os.environ, **example_env()}
+    cmd = f"{sys.executable} -m proxy check --explain -c config.example.yaml | head -1"
+    result = subprocess.run(
+        ["sh", "-c", cmd], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout.count("\n") == 1
+    assert result.stderr == ""

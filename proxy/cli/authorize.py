@@ -20,32 +20,34 @@ memory store, redirect_uri not on loopback).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
 import hmac
 import html
-import ipaddress
 import re
 import secrets
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from yarl import URL
 
-from proxy.config.model import Config, RefreshTokenAuth, RouteConfig
+from proxy.cli.common import load, run
+from proxy.config import Config, Listen, RefreshTokenAuth, RouteConfig
+from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 from proxy.http1.tls import context_for
+from proxy.telemetry import logs as logs
 from proxy.tokens.flows.client import TokenClient
 from proxy.tokens.flows.client_credentials import client_fields, form_fields, oauth2_token
 from proxy.tokens.flows.http import request_json
 from proxy.tokens.keys import store_key
-from proxy.tokens.manager import Token, TokenFetchError
 from proxy.tokens.stores.base import StoreError, TokenStore, describe, open_store
-
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+from proxy.tokens.token import Token, TokenFetchError
 
 
 @dataclass(frozen=True)
@@ -107,15 +109,6 @@ def _fail(text: str) -> None:
     print(f"authproxy authorize: {text}", file=sys.stderr, flush=True)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _problems(config: Config, route: RouteConfig) -> str | None:
     """Why this route cannot be authorized with this config, or None."""
     auth = route.auth
@@ -135,13 +128,22 @@ def _problems(config: Config, route: RouteConfig) -> str | None:
             "or a redis store (token_store: {type: redis, url: ...}) and run it again"
         )
     redirect = URL(auth.redirect_uri or "")
-    if redirect.scheme != "http" or not redirect.host or not _loopback(redirect.host):
+    host = (redirect.host or "").strip("[]")
+    if redirect.scheme != "http" or not host or not Listen(host=host).is_loopback:
         return (
             f"routes.{route.name}.auth.redirect_uri must be an http:// loopback address "
             "(such as http://127.0.0.1:8765/callback) that this command can listen on; "
             f"got {auth.redirect_uri}"
         )
     return None
+
+
+def command(args: argparse.Namespace) -> int:
+    logs.setup(args.log_format, args.log_level)
+    config = load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return run(authorize(config, args.route, timeout=args.timeout, open_browser=False))
 
 
 async def authorize(config: Config, route_name: str, *, timeout: float, open_browser: bool) -> int:
@@ -169,37 +171,43 @@ async def authorize(config: Config, route_name: str, *, timeout: float, open_bro
         await store.close()
 
 
-async def _authorize(
-    config: Config,
-    route: RouteConfig,
-    auth: RefreshTokenAuth,
-    store: TokenStore,
-    timeout: float,
-    open_browser: bool,
-) -> int:
-    key = store_key(route)
-    where = describe(config.token_store)
-    # Ask the person only once we know the result can be kept.
-    try:
-        await store.load(key)
-    except (OSError, StoreError) as exc:
-        _fail(f"cannot use the {where}: {exc}")
-        return EXIT_FAIL
-    if not getattr(store, "reachable", True):
-        _fail(f"cannot reach the {where}; nothing could be stored")
-        return EXIT_FAIL
+class _Consent:
+    """One authorization in progress: what its callback must match, and how it ended."""
 
-    state = secrets.token_urlsafe(32)
-    verifier, challenge = pkce_pair() if auth.pkce else (None, None)
-    url = authorization_url(auth, state, challenge)
-    redirect = URL(auth.redirect_uri or "")
-    host = "127.0.0.1" if redirect.host == "localhost" else (redirect.host or "127.0.0.1")
-    port = redirect.port or 80
-    done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    def __init__(
+        self, config: Config, route: RouteConfig, auth: RefreshTokenAuth, store: TokenStore
+    ) -> None:
+        self.route, self.auth, self.store = route, auth, store
+        self.key = store_key(route)
+        self.where = describe(config.token_store)
+        self.state = secrets.token_urlsafe(32)
+        self.verifier: str | None = None
+        challenge: str | None = None
+        if auth.pkce:
+            self.verifier, challenge = pkce_pair()
+        self.url = authorization_url(auth, self.state, challenge)
+        self.redirect = URL(auth.redirect_uri or "")
+        self.done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
-    async def exchange(code: str) -> Outcome:
+    def address(self) -> tuple[str, int]:
+        """Where to listen for the callback: the redirect_uri's host and port."""
+        host = self.redirect.host
+        return ("127.0.0.1" if host in ("localhost", None) else host), self.redirect.port or 80
+
+    async def store_problem(self) -> str | None:
+        """Why the store cannot keep the result, or None: asked before the person is."""
         try:
-            tok = await _exchange(route, auth, code, verifier)
+            await self.store.load(self.key)
+        except (OSError, StoreError) as exc:
+            return f"cannot use the {self.where}: {exc}"
+        if not getattr(self.store, "reachable", True):
+            return f"cannot reach the {self.where}; nothing could be stored"
+        return None
+
+    async def exchange(self, code: str) -> Outcome:
+        """Trade ``code`` for a token and store it."""
+        try:
+            tok = await _exchange(self.route, self.auth, code, self.verifier)
         except TokenFetchError as exc:
             return Outcome(False, f"the code exchange failed: {exc.message}")
         if not tok.refresh_token:
@@ -209,86 +217,119 @@ async def _authorize(
                 "could not renew access later; nothing was stored",
             )
         try:
-            async with store.lock(key):
-                await store.save(key, tok)
+            async with self.store.lock(self.key):
+                await self.store.save(self.key, tok)
         except (OSError, StoreError) as exc:
-            return Outcome(False, f"the token could not be stored in the {where}: {exc}")
-        if not getattr(store, "reachable", True):
-            return Outcome(False, f"the {where} was unreachable; the token was not stored")
+            return Outcome(False, f"the token could not be stored in the {self.where}: {exc}")
+        if not getattr(self.store, "reachable", True):
+            return Outcome(False, f"the {self.where} was unreachable; the token was not stored")
         return Outcome(
-            True, f"route {route.name} is authorized; its refresh token is stored in the {where}"
+            True,
+            f"route {self.route.name} is authorized; its refresh token is stored in the "
+            f"{self.where}",
         )
 
-    async def callback(request: web.Request) -> web.StreamResponse:
-        if request.path != redirect.path:
-            return web.Response(status=404, text="Not found\n")
-        if done.done():
-            return _page(True, "This authorization has already finished.", status=200)
-        query = request.rel_url.query
-        if not hmac.compare_digest(query.get("state", "").encode(), state.encode()):
-            outcome = Outcome(
+    def refusal(self, query: Mapping[str, str]) -> Outcome | None:
+        """How a callback without a usable code ends, or None when it carries one."""
+        if not hmac.compare_digest(query.get("state", "").encode(), self.state.encode()):
+            return Outcome(
                 False,
                 "the callback's state does not match this authorization (an old or "
                 "forged link); nothing was stored. Run `authproxy authorize` again",
             )
-        elif (mixup := issuer_mismatch(auth, query.get("iss"))) is not None:
-            outcome = Outcome(False, mixup)
-        elif "error" in query:
+        if (mixup := issuer_mismatch(self.auth, query.get("iss"))) is not None:
+            return Outcome(False, mixup)
+        if "error" in query:
             error = _printable(query.get("error", ""))
             detail = _printable(query.get("error_description", ""))
             if error == "access_denied":
                 text = "consent was denied at the provider (error=access_denied)"
             else:
                 text = f"the provider refused the authorization (error={error})"
-            outcome = Outcome(False, text + (f": {detail}" if detail else ""))
-        elif not query.get("code"):
-            return _page(False, "This callback carries neither a code nor an error.", 400)
-        else:
-            outcome = await exchange(query["code"])
+            return Outcome(False, text + (f": {detail}" if detail else ""))
+        return None
+
+    async def callback(self, request: web.Request) -> web.StreamResponse:
+        if request.path != self.redirect.path:
+            return web.Response(status=404, text="Not found\n")
+        if self.done.done():
+            return _page(True, "This authorization has already finished.", status=200)
+        query = request.rel_url.query
+        outcome = self.refusal(query)
+        if outcome is None:
+            if not query.get("code"):
+                return _page(False, "This callback carries neither a code nor an error.", 400)
+            outcome = await self.exchange(query["code"])
         text = outcome.message[0].upper() + outcome.message[1:] + "."
         resp = _page(outcome.ok, text, 200 if outcome.ok else 400)
         # Send the page before the command ends and the listener goes away.
         await resp.prepare(request)
         await resp.write_eof()
-        if not done.done():
-            done.set_result(outcome)
+        if not self.done.done():
+            self.done.set_result(outcome)
         return resp
 
+
+async def _authorize(
+    config: Config,
+    route: RouteConfig,
+    auth: RefreshTokenAuth,
+    store: TokenStore,
+    timeout: float,
+    open_browser: bool,
+) -> int:
+    consent = _Consent(config, route, auth, store)
+    # Ask the person only once we know the result can be kept.
+    problem = await consent.store_problem()
+    if problem is not None:
+        _fail(problem)
+        return EXIT_FAIL
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", callback)
+    app.router.add_route("*", "/{tail:.*}", consent.callback)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:
-            _fail(f"cannot listen on {host}:{port} for the callback: {exc.strerror or exc}")
-            return EXIT_FAIL
-        _say(f"Authorize route {route.name}: open this URL in a browser and approve access:")
-        _say("")
-        _say(f"    {url}")
-        _say("")
-        _say(f"Waiting up to {timeout:.0f}s for the callback on {auth.redirect_uri} ...")
-        if open_browser:
-            import webbrowser
-
-            await asyncio.get_running_loop().run_in_executor(None, webbrowser.open, url)
-        try:
-            outcome = await asyncio.wait_for(asyncio.shield(done), timeout)
-        except TimeoutError:
-            _fail(
-                f"no callback within {timeout:.0f}s; nothing was stored. Run "
-                f"`authproxy authorize {route.name}` again and approve within the time "
-                "(--timeout sets it)"
-            )
-            return EXIT_FAIL
+        outcome = await _wait(consent, runner, timeout, open_browser)
     finally:
         await runner.cleanup()
+    if outcome is None:
+        return EXIT_FAIL
     if outcome.ok:
         _say(outcome.message)
         return EXIT_OK
     _fail(outcome.message)
     return EXIT_FAIL
+
+
+async def _wait(
+    consent: _Consent, runner: web.AppRunner, timeout: float, open_browser: bool
+) -> Outcome | None:
+    """Listen, show the URL, and wait for the callback; None once a failure is told."""
+    host, port = consent.address()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port} for the callback: {exc.strerror or exc}")
+        return None
+    name = consent.route.name
+    _say(f"Authorize route {name}: open this URL in a browser and approve access:")
+    _say("")
+    _say(f"    {consent.url}")
+    _say("")
+    _say(f"Waiting up to {timeout:.0f}s for the callback on {consent.auth.redirect_uri} ...")
+    if open_browser:
+        import webbrowser
+
+        await asyncio.get_running_loop().run_in_executor(None, webbrowser.open, consent.url)
+    try:
+        return await asyncio.wait_for(asyncio.shield(consent.done), timeout)
+    except TimeoutError:
+        _fail(
+            f"no callback within {timeout:.0f}s; nothing was stored. Run "
+            f"`authproxy authorize {name}` again and approve within the time "
+            "(--timeout sets it)"
+        )
+        return None
 
 
 async def _exchange(

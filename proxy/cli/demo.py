@@ -13,6 +13,7 @@ the flow is real. Tokens are never printed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import os
@@ -27,6 +28,9 @@ from aiohttp import web
 
 from proxy import config as configmod
 from proxy.app import Proxy, create_app
+from proxy.cli.common import run
+from proxy.exit_codes import EXIT_FAIL, EXIT_OK
+from proxy.telemetry import logs as logs
 
 #: the demo provider's access token lifetime, in (demo clock) seconds
 TOKEN_TTL = 60.0
@@ -159,23 +163,16 @@ routes:
     return configmod.parse(text, {}, source="demo")
 
 
+@dataclass
 class _Script:
     """The scripted walk: each step a request or two, then the provider's counts."""
 
-    def __init__(
-        self,
-        proxy: Proxy,
-        provider: DemoProvider,
-        provider_url: str,
-        clock: DemoClock,
-        http: aiohttp.ClientSession,
-    ) -> None:
-        self.proxy = proxy
-        self.provider_url = provider_url
-        self.provider = provider
-        self.clock = clock
-        self.http = http
-        self.failures = 0
+    proxy: Proxy
+    provider: DemoProvider
+    provider_url: str
+    clock: DemoClock
+    http: aiohttp.ClientSession
+    failures: int = 0
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> int:
         async with self.http.request(method, self.proxy.url + path, data=body) as resp:
@@ -245,6 +242,11 @@ class _Script:
         )
 
 
+def command(args: argparse.Namespace) -> int:
+    logs.setup(args.log_format, args.log_level)
+    return run(demo(keep=args.keep))
+
+
 async def demo(keep: bool = False) -> int:
     """Run the demo; with ``keep``, leave both running until Ctrl-C. Exit status."""
     clock = DemoClock()
@@ -268,11 +270,11 @@ async def demo(keep: bool = False) -> int:
         print()
         if script.failures:
             print(f"demo: {script.failures} request(s) failed")
-            return 1
+            return EXIT_FAIL
         print("All requests answered 200; the application never handled a token.")
         if keep:
             await _keep(proxy, provider_url)
-        return 0
+        return EXIT_OK
     finally:
         await proxy.stop()
         await runner.cleanup()

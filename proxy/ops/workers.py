@@ -47,6 +47,8 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from proxy import config as configmod
+from proxy import sd_notify
+from proxy.exit_codes import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 from proxy.telemetry.logs import startup_error
 
 log = logging.getLogger("authproxy.workers")
@@ -59,7 +61,6 @@ ENV_SUPERVISOR = "AUTHPROXY_SUPERVISOR_PID"
 START_GRACE = 3.0
 #: restarts of one worker are at least this far apart
 _RESTART_DELAY = 1.0
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 
 def problem(config: configmod.Config, workers: int) -> str | None:
@@ -168,6 +169,8 @@ class Supervisor:
         self.env.pop(ENV_STORE, None)
         if needs_shared_store(config):
             self.env[ENV_STORE] = os.path.join(self._dir, "tokens.json")
+        #: under systemd, the workers' $NOTIFY_SOCKET: READY=1 once all of them say it
+        self.relay = sd_notify.Relay.for_workers(self.env, self._dir)
 
     def _spawn(self, index: int) -> _Worker:
         env = {**self.env, ENV_INDEX: str(index)}
@@ -208,6 +211,8 @@ class Supervisor:
             self._send(signal.SIGKILL)
             for w in self.workers:
                 w.proc.wait()
+            if self.relay is not None:
+                self.relay.close()
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def _watch(self) -> int:
@@ -221,6 +226,7 @@ class Supervisor:
                 sent += 1
                 if sent == 1:
                     log.info("stopping the workers")
+                    sd_notify.notify("STOPPING=1")
                     self._send(signal.SIGTERM)
                 else:
                     log.warning("second signal: stopping the workers now")
@@ -258,6 +264,8 @@ class Supervisor:
                 time.sleep(_RESTART_DELAY)
                 self.workers[i] = self._spawn(w.index)
                 alive += 1
+            if self.relay is not None and not sent:
+                self.relay.all_ready(w.proc.pid for w in self.workers)
             if sent and alive == 0:
                 log.info("all workers stopped")
                 return EXIT_FAIL if failed else EXIT_OK
