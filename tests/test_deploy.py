@@ -694,7 +694,15 @@ def test_serving_holds_under_memory_deny_write_execute(tmp_path: Path) -> None:
             except OSError:
                 time.sleep(0.05)
         assert answer == (200, "mdwe-static-key")
-        status, metrics = http_get(f"http://127.0.0.1:{admin}/metrics")
+        # worker 0 serves the admin port; worker 1 may have answered before it bound
+        metrics_answer = None
+        while metrics_answer is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "no admin port"
+            try:
+                metrics_answer = http_get(f"http://127.0.0.1:{admin}/metrics")
+            except OSError:
+                time.sleep(0.05)
+        status, metrics = metrics_answer
         assert status == 200 and "authproxy_requests_total" in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0, (tmp_path / "serve.log").read_text()
