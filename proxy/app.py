@@ -367,8 +367,11 @@ class Proxy:
 
 
 def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "", "::"):
+    """Where a local client reaches a listener: a wildcard on its family's loopback."""
+    if host in ("0.0.0.0", ""):
         return "127.0.0.1"
+    if host == "::":
+        return "[::1]"  # bound IPv6-only: 127.0.0.1 would not reach it
     return f"[{host}]" if ":" in host else host
 
 

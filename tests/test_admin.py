@@ -8,6 +8,7 @@ secret may appear on any admin page.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -229,3 +230,30 @@ async def test_admin_refuses_unknown_paths_and_methods_in_json(
     async with http.get(proxy.admin_url + "/healthz?probe=1") as resp:
         assert resp.status == 200 and await resp.json() == {"status": "ok"}
         assert resp.headers["Cache-Control"] == "no-store"
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_urls_of_ipv6_wildcard_listeners_reach_them(
+    start_proxy: Any, http: aiohttp.ClientSession
+) -> None:
+    """`[::]` listeners (IPv6 clusters) are reached on [::1]; 127.0.0.1 would miss them."""
+    proxy = await start_proxy(
+        "listen: '[::]:0'\nadmin_listen: '[::]:0'\nallow_from: ['::1/128']\n"
+        "routes:\n  api: {upstream: 'http://127.0.0.1:9/', auth: {type: none}}\n"
+    )
+    assert proxy.url.startswith("http://[::1]:")
+    assert proxy.admin_url.startswith("http://[::1]:")
+    async with http.get(proxy.admin_url + "/healthz") as resp:
+        assert resp.status == 200
+    async with http.get(proxy.url + "/nowhere/x") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"]["code"] == "no_route"

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 from proxy import __version__
@@ -38,27 +38,20 @@ class _Formatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-def _command(
-    sub: _Sub,
-    name: str,
-    summary: str,
-    description: str,
-    examples: str,
-) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+def _command(sub: _Sub, name: str) -> argparse.ArgumentParser:
+    summary, description, examples = _HELP[name]
+    return sub.add_parser(
         name,
         help=summary,
         description=description,
         epilog="examples:\n" + examples,
         formatter_class=_Formatter,
     )
-    return p
 
 
-def _add_serve(sub: _Sub) -> None:
-    p = _command(
-        sub,
-        "serve",
+#: each command's one-line summary, description and examples, in --help's order
+_HELP: dict[str, tuple[str, str, str]] = {
+    "serve": (
         "run the proxy",
         "Run the proxy and its admin port until SIGTERM or SIGINT (the first drains "
         "in-flight requests for shutdown_grace, a second cuts them). SIGHUP, or a "
@@ -68,7 +61,56 @@ def _add_serve(sub: _Sub) -> None:
         "  authproxy serve -c /etc/authproxy/config.yaml\n"
         "  AUTHPROXY_CONFIG=config.yaml authproxy serve --log-format text\n"
         "  authproxy serve -c config.yaml --workers 4\n",
-    )
+    ),
+    "check": (
+        "validate the config and resolve its secrets (exit 0, or 2)",
+        "Read the config, resolve every ${env:} and ${file:} secret, and report every "
+        "problem with its key and line. Exit 0 when it is valid, 2 when it is not, 1 "
+        "when --connect cannot use the token store.",
+        "  authproxy check -c config.yaml\n"
+        "  authproxy check -c config.yaml --explain   # presets expanded, secrets masked\n"
+        "  authproxy check -c config.yaml --connect   # and reach the Redis token store\n",
+    ),
+    "token": (
+        "obtain a token for ROUTE and print its expiry",
+        "Obtain a token for ROUTE as the proxy would (from the token store, else from "
+        "the provider) and print its source and expiry; the token itself only with "
+        "--show. Exit 0 with a token, 1 when the provider or the store fails, 2 for "
+        "an invalid config or an unknown route.",
+        "  authproxy token -c config.yaml getpaid\n"
+        "  authproxy token -c config.yaml getpaid --show --log-level warning\n",
+    ),
+    "authorize": (
+        "one-time OAuth2 consent for ROUTE; stores the refresh token",
+        "For an oauth2_refresh_token ROUTE: print the provider's authorization URL, "
+        "wait on the route's loopback redirect_uri for the callback, exchange the code "
+        "and store the refresh token where the proxy finds it (a file or redis token "
+        "store). Exit 0 stored, 1 denied or failed, 2 when the config cannot be used.",
+        "  authproxy authorize -c config.yaml invoiced\n"
+        "  authproxy authorize -c config.yaml invoiced --timeout 600\n",
+    ),
+    "demo": (
+        "run a built-in provider and the proxy, and show a request flow",
+        "Start a small token provider and the real proxy in front of it, on loopback "
+        "only (no config, no network), and walk through login, caching, early refresh, "
+        "expiry and a 401 replay, with what the provider counted after each step. "
+        "Exit 0 when every request was answered 200.",
+        "  authproxy demo\n  authproxy demo --keep   # then try the printed curl commands\n",
+    ),
+    "healthcheck": (
+        "ask a running authproxy's admin port whether it is healthy (exit 0, or 1)",
+        "GET /healthz (or /readyz with --ready) on the admin_listen address of the "
+        "config, on loopback when it listens on every interface. Exit 0 on a 200, 1 on "
+        "anything else: no answer within --timeout, another status, an unreadable "
+        "config. For Docker's HEALTHCHECK.",
+        "  authproxy healthcheck                      # $AUTHPROXY_CONFIG, then ./config.yaml\n"
+        "  authproxy healthcheck -c config.yaml --ready\n"
+        '  HEALTHCHECK CMD ["authproxy", "healthcheck"]   # in a Dockerfile\n',
+    ),
+}
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
     add_config(p)
     add_logging(p)
     p.add_argument(
@@ -81,18 +123,7 @@ def _add_serve(sub: _Sub) -> None:
     )
 
 
-def _add_check(sub: _Sub) -> None:
-    p = _command(
-        sub,
-        "check",
-        "validate the config and resolve its secrets (exit 0, or 2)",
-        "Read the config, resolve every ${env:} and ${file:} secret, and report every "
-        "problem with its key and line. Exit 0 when it is valid, 2 when it is not, 1 "
-        "when --connect cannot use the token store.",
-        "  authproxy check -c config.yaml\n"
-        "  authproxy check -c config.yaml --explain   # presets expanded, secrets masked\n"
-        "  authproxy check -c config.yaml --connect   # and reach the Redis token store\n",
-    )
+def _check_options(p: argparse.ArgumentParser) -> None:
     add_config(p)
     p.add_argument(
         "--explain",
@@ -106,36 +137,14 @@ def _add_check(sub: _Sub) -> None:
     )
 
 
-def _add_token(sub: _Sub) -> None:
-    p = _command(
-        sub,
-        "token",
-        "obtain a token for ROUTE and print its expiry",
-        "Obtain a token for ROUTE as the proxy would (from the token store, else from "
-        "the provider) and print its source and expiry; the token itself only with "
-        "--show. Exit 0 with a token, 1 when the provider or the store fails, 2 for "
-        "an invalid config or an unknown route.",
-        "  authproxy token -c config.yaml getpaid\n"
-        "  authproxy token -c config.yaml getpaid --show --log-level warning\n",
-    )
+def _token_options(p: argparse.ArgumentParser) -> None:
     add_config(p)
     add_logging(p)
     p.add_argument("route", metavar="ROUTE", help="a route name of the config")
     p.add_argument("--show", action="store_true", help="print the token itself too")
 
 
-def _add_authorize(sub: _Sub) -> None:
-    p = _command(
-        sub,
-        "authorize",
-        "one-time OAuth2 consent for ROUTE; stores the refresh token",
-        "For an oauth2_refresh_token ROUTE: print the provider's authorization URL, "
-        "wait on the route's loopback redirect_uri for the callback, exchange the code "
-        "and store the refresh token where the proxy finds it (a file or redis token "
-        "store). Exit 0 stored, 1 denied or failed, 2 when the config cannot be used.",
-        "  authproxy authorize -c config.yaml invoiced\n"
-        "  authproxy authorize -c config.yaml invoiced --timeout 600\n",
-    )
+def _authorize_options(p: argparse.ArgumentParser) -> None:
     add_config(p)
     add_logging(p)
     p.add_argument("route", metavar="ROUTE", help="an oauth2_refresh_token route of the config")
@@ -148,34 +157,12 @@ def _add_authorize(sub: _Sub) -> None:
     )
 
 
-def _add_demo(sub: _Sub) -> None:
-    p = _command(
-        sub,
-        "demo",
-        "run a built-in provider and the proxy, and show a request flow",
-        "Start a small token provider and the real proxy in front of it, on loopback "
-        "only (no config, no network), and walk through login, caching, early refresh, "
-        "expiry and a 401 replay, with what the provider counted after each step. "
-        "Exit 0 when every request was answered 200.",
-        "  authproxy demo\n  authproxy demo --keep   # then try the printed curl commands\n",
-    )
+def _demo_options(p: argparse.ArgumentParser) -> None:
     add_logging(p, level="warning")
     p.add_argument("--keep", action="store_true", help="keep both running and print curl commands")
 
 
-def _add_healthcheck(sub: _Sub) -> None:
-    p = _command(
-        sub,
-        "healthcheck",
-        "ask a running authproxy's admin port whether it is healthy (exit 0, or 1)",
-        "GET /healthz (or /readyz with --ready) on the admin_listen address of the "
-        "config, on loopback when it listens on every interface. Exit 0 on a 200, 1 on "
-        "anything else: no answer within --timeout, another status, an unreadable "
-        "config. For Docker's HEALTHCHECK.",
-        "  authproxy healthcheck                      # $AUTHPROXY_CONFIG, then ./config.yaml\n"
-        "  authproxy healthcheck -c config.yaml --ready\n"
-        '  HEALTHCHECK CMD ["authproxy", "healthcheck"]   # in a Dockerfile\n',
-    )
+def _healthcheck_options(p: argparse.ArgumentParser) -> None:
     add_config(p)
     p.add_argument(
         "--ready", action="store_true", help="ask /readyz (ready for traffic), not /healthz"
@@ -189,6 +176,17 @@ def _add_healthcheck(sub: _Sub) -> None:
     )
 
 
+#: the options each command uses, and only those
+_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "serve": _serve_options,
+    "check": _check_options,
+    "token": _token_options,
+    "authorize": _authorize_options,
+    "demo": _demo_options,
+    "healthcheck": _healthcheck_options,
+}
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="authproxy",
@@ -198,8 +196,8 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"authproxy {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve, _add_check, _add_token, _add_authorize, _add_demo, _add_healthcheck):
-        add(sub)
+    for name in _HELP:
+        _OPTIONS[name](_command(sub, name))
     return top
 
 
