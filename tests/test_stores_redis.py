@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,10 +24,12 @@ import proxy.tokens.stores.redis_store as stores_redis
 from proxy.config.model import TokenStoreConfig
 from proxy.tokens.manager import Token
 from proxy.tokens.stores.base import StoreError, TokenCodec, open_store
+from tests.conftest import serve_app
 from tests.fakes import B2B, InvoiceNg, serve
 from tests.fakes.base import AccessToken, FakeProvider, json_response
 from tests.redis_fixture import RedisServer, redis, redis_server  # noqa: F401
 from tests.storekit import Load, ProxyProcess, start_all, stop_all
+from tests.waiting import until
 
 FERNET_KEY = "x7OGRb9hM4IjhPvBeqIBKE95FsqTbIzc3kyrHufomU8="
 
@@ -336,3 +340,87 @@ async def test_a_lock_set_by_our_own_retried_call_is_recognised_as_held(
         assert value == f"{locks.owner}:1" and time.monotonic() - started < 0.5
     finally:
         await store.close()
+
+
+# -- shutdown ----------------------------------------------------------------------------
+
+
+async def test_shutdown_during_a_token_fetch_releases_the_refresh_lock(
+    redis: RedisServer,  # noqa: F811
+    client: Any,
+    start_proxy: Any,
+) -> None:
+    # Regression (tests/test_store_faults.py left a lock key behind under load): a
+    # SIGTERM while a fetch held the lock cancelled the fetch without waiting for it
+    # and closed the Redis client under the release, so the lock stayed for a lease.
+    asked = asyncio.Event()
+    hold = asyncio.Event()
+
+    async def token(request: web.Request) -> web.Response:
+        asked.set()
+        await hold.wait()  # a token endpoint that does not answer before the stop
+        return web.json_response({"access_token": "t", "expires_in": 60})
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    runner, port = await serve_app(app)
+    try:
+        proxy = await start_proxy(
+            redis_store(redis.url, "30s")
+            + f"""
+routes:
+  cc:
+    upstream: http://127.0.0.1:{port}/
+    auth:
+      type: oauth2_client_credentials
+      token_url: http://127.0.0.1:{port}/oauth/token
+      client_id: cid
+      client_secret: csecret
+"""
+        )
+        await asyncio.wait_for(asked.wait(), 20)
+        assert len(await client.keys("authproxy:lock:*")) == 1  # held by the fetch
+        await proxy.stop()
+        assert await client.keys("authproxy:lock:*") == []
+    finally:
+        hold.set()
+        await runner.cleanup()
+
+
+async def test_a_lock_call_cut_short_by_a_shutdown_is_deleted_on_close(
+    redis: RedisServer,  # noqa: F811
+    client: Any,
+) -> None:
+    # A shutdown cancelled a fetch whose SET NX was on its way: Redis may have run
+    # it (its answer was still in flight). Its outcome is unknown, so it is
+    # remembered like a call that timed out, and the store's close deletes it.
+    assert redis.proc is not None
+    store = open_store(TokenStoreConfig(type="redis", url=redis.url, lock_lease=30.0))
+    locks = store.locks  # type: ignore[attr-defined]
+    name = "authproxy:lock:inv:1"
+    os.kill(redis.proc.pid, signal.SIGSTOP)  # so that the call is under way when cut
+    try:
+        task = asyncio.get_running_loop().create_task(locks.acquire(name, wait=5.0))
+        await until(lambda: _queued_for(redis.port) > 0, "the SET NX sent to the paused Redis")
+        task.cancel()
+        await asyncio.wait({task})
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    assert task.cancelled() and name in locks.uncertain
+    # what Redis holds had it run the SET before the cancel reached the client
+    await client.set(name, locks.uncertain[name], px=30000)
+    await client.set("authproxy:lock:inv:2", "another-replica:1", px=30000)
+    await store.close()
+    assert await client.keys("authproxy:lock:*") == [b"authproxy:lock:inv:2"]
+
+
+def _queued_for(port: int) -> int:
+    """Bytes waiting in the receive queues of the server side of ``port``'s
+    connections (from /proc/net/tcp: local address, state, tx_queue:rx_queue)."""
+    queued = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if int(local.rsplit(":", 1)[1], 16) == port and state == "01":  # ESTABLISHED
+            queued += int(queues.split(":")[1], 16)
+    return queued

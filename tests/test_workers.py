@@ -103,10 +103,15 @@ async def test_three_workers_make_one_login_and_count_as_one(tmp_path: Path) -> 
             urls = [proxy.url + "/inv/invoices", proxy.url + "/b2b/products"]
             await load.run(urls, seconds=7.0, clients=3, fresh=True)
             # The in-flight gauges are written every second: wait for them to settle.
+            # The tokens are refreshed in the background all along (ttl 4 s): count
+            # the token endpoints' requests at the moment of the snapshot, not later.
             deadline = time.monotonic() + 20
             while True:
                 metrics = await proxy.metrics()
-                settled = metric_sum(metrics, "authproxy_inflight_requests") == 0
+                token_requests = len(inv.token_log) + len(b2b.token_log)
+                settled = metric_sum(metrics, "authproxy_inflight_requests") == 0 and (
+                    metric_sum(metrics, "authproxy_token_requests_total") == token_requests
+                )
                 if settled or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
@@ -130,7 +135,6 @@ async def test_three_workers_make_one_login_and_count_as_one(tmp_path: Path) -> 
     assert served == {0, 1, 2}
     # /metrics (worker 0's admin port) adds up all three workers
     assert metric_sum(metrics, "authproxy_requests_total") == load.ok
-    token_requests = len(inv.token_log) + len(b2b.token_log)
     assert metric_sum(metrics, "authproxy_token_requests_total") == token_requests
     assert metric_sum(metrics, "authproxy_inflight_requests") == 0
     # all gone: the workers, and the private store and metrics files
@@ -158,7 +162,7 @@ async def test_a_worker_that_dies_is_started_again(tmp_path: Path, echo: Echo) -
         assert load.failures == [] and load.ok > 10
     finally:
         code = proxy.stop()
-    assert code == 0
+    assert code == 0, proxy.logs()[-3000:]
     assert f"worker 1 (pid {before[1]}) exited with code -9; starting it again" in proxy.logs()
 
 
@@ -285,3 +289,34 @@ async def second_signal_cuts(tmp_path: Path, body: str, arrived: list[str]) -> N
     stopped = {x.get("worker") for x in lines if x.get("msg") == "stopped"}
     cut = {x.get("worker") for x in lines if "stopping now" in str(x.get("msg"))}
     assert stopped == {0, 1} and cut and cut <= stopped, proxy.logs()[-3000:]
+
+
+async def test_stopping_while_a_worker_is_still_starting_is_a_clean_stop(
+    tmp_path: Path, echo: Echo
+) -> None:
+    # Regression (test_a_worker_that_dies_is_started_again failed under load): a
+    # SIGTERM that reached a worker before it had set up its signal handler (it
+    # was still importing) killed it, and the supervisor exited 1 for that.
+    # Worker 1 is held at interpreter start-up, before authproxy's code, for good.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('AUTHPROXY_WORKER') == '1':\n"
+        "    open(os.environ['HELD_MARK'], 'w').close()\n"
+        "    time.sleep(600)\n"
+    )
+    mark = tmp_path / "worker-1-held"
+    body = f"routes:\n  e: {{upstream: {echo.url}/, auth: {{type: none}}}}\n"
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "HELD_MARK": str(mark)}
+    proxy = ProxyProcess(tmp_path, "s", body, env=env, args=("--workers", "2"))
+    proxy.start()
+    try:
+        await proxy.wait_healthy()  # worker 0 serves
+        await until(mark.exists, "worker 1 held at start-up")
+        pids = worker_pids(proxy)
+    finally:
+        code = proxy.stop()
+    assert code == 0, proxy.logs()[-3000:]
+    assert not alive(pids[1])
+    assert "all workers stopped" in proxy.logs()

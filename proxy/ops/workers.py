@@ -244,7 +244,9 @@ class Supervisor:
                     w.reaped = True
                     _mark_dead(w.proc.pid, self.env["PROMETHEUS_MULTIPROC_DIR"])
                 if sent:
-                    failed = failed or code
+                    # Killed by the SIGTERM we sent: it was still starting (before
+                    # become_worker took the signal over), so it had nothing to finish.
+                    failed = failed or (0 if code == -signal.SIGTERM else code)
                     continue
                 if time.monotonic() - w.started < START_GRACE:
                     log.error(

@@ -216,7 +216,7 @@ class RouteRuntime:
 
     async def close(self) -> None:
         if self.manager is not None:
-            self.manager.close()
+            await self.manager.close()
         self.pool.close()
         if self.token_client is not None:
             await self.token_client.close()

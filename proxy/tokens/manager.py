@@ -192,10 +192,15 @@ class TokenManager:
         """
         self.schedule.close()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop refreshing, cancel a fetch under way and wait until it has unwound:
+        its store lock is released before the store itself closes (a lock left in
+        Redis by a stopped replica held the others off for a lease)."""
         self.schedule.close()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})  # its outcome is its waiters'; ours is to wait
 
     # -- the cache ---------------------------------------------------------------------
 

@@ -88,8 +88,9 @@ class RefreshLock:
         while True:
             try:
                 ok = await self.call("lock", self.client.set(key, value, nx=True, px=self.lease_ms))
-            except Unavailable:
-                # It may run later (a paused Redis): ours to delete on recovery.
+            except (Unavailable, asyncio.CancelledError):
+                # It may run later (a paused Redis), or ran while we were cancelled
+                # (a shutdown): ours to delete on recovery, or on close.
                 self.uncertain[key] = value
                 raise
             if ok:

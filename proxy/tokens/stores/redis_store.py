@@ -189,6 +189,10 @@ class RedisStore:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.health.up and self.locks.uncertain:
+            # a lock call cut short by the shutdown: leave no lock for the others
+            with contextlib.suppress(Unavailable):
+                await self.locks.sweep()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
         await self._local.close()
