@@ -179,13 +179,17 @@ def config_text(docs: list[dict[str, Any]]) -> str:
 
 
 def run_check(
-    cmd: list[str], text: str, tmp_path: Path, cwd: Path | None = None
+    cmd: list[str],
+    text: str,
+    tmp_path: Path,
+    cwd: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
     """`authproxy check` on a config, with fake files for its ${file:} secrets.
 
     PYTHONPATH is dropped, so that the image's venv runs what it installed."""
     secrets = tmp_path / "secrets"
-    secrets.mkdir(exist_ok=True)
+    secrets.mkdir(parents=True, exist_ok=True)
     for ref in FILE_REF.findall(text):
         assert ref.startswith(SECRETS_DIR), f"{ref}: secrets live under {SECRETS_DIR}"
         (secrets / ref[len(SECRETS_DIR) :]).write_text("fake-secret-value\n")
@@ -194,7 +198,7 @@ def run_check(
     path = tmp_path / "config.yaml"
     path.write_text(text.replace(SECRETS_DIR, f"{secrets}/"))
     return subprocess.run(
-        [*cmd, "check", "-c", str(path)],
+        [*cmd, "check", "-c", str(path), *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -323,16 +327,124 @@ def test_multi_replica_shares_tokens_through_redis() -> None:
     ((workload, spec),) = authproxy_pods(docs)
     assert workload["spec"]["replicas"] == 3
     config = yaml.safe_load(config_text(docs))
-    assert config["token_store"] == {"type": "redis", "url": "redis://redis:6379/0"}
+    assert config["token_store"] == {
+        "type": "redis",
+        "url": "redis://redis:6379/0",
+        "password": "${file:/etc/authproxy/secrets/redis-password}",
+    }
     objects = by_id(docs)
     service = objects[("Service", "redis")]
     redis = objects[("Deployment", "redis")]["spec"]["template"]
     assert service["spec"]["selector"].items() <= redis["metadata"]["labels"].items()
     assert [p["port"] for p in service["spec"]["ports"]] == [6379]
-    # Only the sidecars may reach the password-less Redis.
+    # Only the sidecars may reach Redis.
     policy = objects[("NetworkPolicy", "redis")]["spec"]
     allowed = policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert allowed.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    # Redis requires the password that the sidecars read: the same key of one Secret.
+    (server,) = redis["spec"]["containers"]
+    args = server["args"]
+    var = re.fullmatch(r"\$\((\w+)\)", args[args.index("--requirepass") + 1])
+    assert var, args
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"]}
+    files = mounted_files(spec, authproxy_container(spec))
+    secret = files["/etc/authproxy/secrets/redis-password"]
+    assert secret == ("secret", refs[var.group(1)]["name"], refs[var.group(1)]["key"])
+    assert refs["REDISCLI_AUTH"] == refs[var.group(1)]  # the readiness probe authenticates
+    assert "redis-cli" in server["readinessProbe"]["exec"]["command"]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server (Debian)")
+def test_multi_replica_redis_runs_with_the_password_and_the_sidecar_config_gets_in(
+    tmp_path: Path,
+) -> None:
+    """The overlay's own redis-server arguments, on a real redis-server, and
+    `authproxy check --connect` with the overlay's config: it authenticates with the
+    password from the Secret's file; without that password it is refused."""
+    docs = rendered("multi-replica-redis")
+    (server,) = by_id(docs)[("Deployment", "redis")]["spec"]["template"]["spec"]["containers"]
+    # What the Secret's key holds (run_check writes it, plus a newline that authproxy
+    # strips and Kubernetes would not: redis.yaml says to store it without one).
+    password = "fake-secret-value"
+    port = free_port()
+    args = [a.replace("$(REDIS_PASSWORD)", password) for a in server["args"]]
+    assert args[0] == "redis-server" and password in args
+    proc = subprocess.Popen(
+        [*args, "--port", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        cli, *command = server["readinessProbe"]["exec"]["command"]
+        probe = [cli, "-p", str(port), *command]
+        env = dict(os.environ, REDISCLI_AUTH=password)
+        deadline = time.monotonic() + 20
+        while (
+            pong := subprocess.run(probe, capture_output=True, text=True, env=env)
+        ).stdout != "PONG\n":
+            assert proc.poll() is None and time.monotonic() < deadline, pong
+            time.sleep(0.05)
+        noauth = subprocess.run(probe, capture_output=True, text=True)
+        assert "NOAUTH" in noauth.stdout + noauth.stderr  # the password is required
+        text = config_text(docs).replace("redis://redis:6379/0", f"redis://127.0.0.1:{port}/0")
+        cmd = [sys.executable, "-m", "proxy"]
+        ok = run_check(cmd, text, tmp_path / "with", cwd=REPO, extra=("--connect",))
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "connected and authenticated" in ok.stdout
+        without = "\n".join(line for line in text.splitlines() if "redis-password" not in line)
+        refused = run_check(cmd, without, tmp_path / "without", cwd=REPO, extra=("--connect",))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert password not in refused.stdout + refused.stderr + ok.stdout + ok.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_admin_networkpolicy_lets_only_prometheus_reach_the_admin_port(tmp_path: Path) -> None:
+    (policy,) = kustomize(K8S / "components" / "admin-networkpolicy")
+    check_schema(policy)
+    spec = policy["spec"]
+    (monitor,) = kustomize(K8S / "components" / "podmonitor")
+    assert spec["podSelector"] == monitor["spec"]["selector"]  # the same pods
+    assert spec["policyTypes"] == ["Ingress"]
+    admin, rest = spec["ingress"]
+    (peer,) = admin["from"]  # one peer: namespace AND pod selector, not either
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert peer["podSelector"]["matchLabels"], "Prometheus' pods only, not the whole namespace"
+    assert admin["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    # Every other port stays open as without the policy (it applies to the whole pod).
+    assert "from" not in rest
+    opened: dict[str, set[int]] = {"TCP": set(), "UDP": set()}
+    for p in rest["ports"]:
+        opened[p["protocol"]].update(range(p["port"], p.get("endPort", p["port"]) + 1))
+    assert opened == {"TCP": set(range(1, 65536)) - {9090}, "UDP": set(range(1, 65536))}
+    for overlay in OVERLAYS:
+        for workload, pod in authproxy_pods(rendered(overlay)):
+            labels = workload["spec"]["template"]["metadata"]["labels"]
+            assert spec["podSelector"]["matchLabels"].items() <= labels.items(), overlay
+            ports = {p["name"]: p["containerPort"] for p in authproxy_container(pod)["ports"]}
+            assert ports["authproxy-admin"] == 9090, overlay
+
+    # As an overlay opts in: rendered here, and by kubectl where it exists.
+    overlay = tmp_path / "with-policy"
+    overlay.mkdir()
+    spec_file = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / "native-sidecar", overlay)],
+        "components": [os.path.relpath(K8S / "components" / "admin-networkpolicy", overlay)],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(spec_file))
+    docs = kustomize(overlay)
+    for doc in docs:
+        check_schema(doc)
+    assert ("NetworkPolicy", "authproxy-admin") in by_id(docs)
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run(
+            [kubectl, "kustomize", str(overlay)],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert by_id([d for d in yaml.safe_load_all(out) if d]) == by_id(docs)
 
 
 def test_podmonitor_scrapes_every_example() -> None:
@@ -458,6 +570,149 @@ def test_systemd_unit_is_hardened_reloads_on_hup_and_is_the_one_documented() -> 
     assert service["NoNewPrivileges"] == "yes"
     assert "User" in service or service.get("DynamicUser") == "yes"
     assert seconds(service["TimeoutStopSec"]) > 20  # shutdown_grace's default
+    # READY=1 from `serve` once it listens (issue 14): ordered units wait for it.
+    assert service["Type"] == "notify"
+    assert service["ExecStart"].split()[1:3] == ["serve", "-c"]
+    for key, value in {
+        "PrivateUsers": "yes",
+        "PrivateMounts": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "DevicePolicy": "closed",
+        "PrivateDevices": "yes",
+    }.items():
+        assert service.get(key) == value, key
+
+
+def unit_copy(tmp_path: Path) -> Path:
+    unit = tmp_path / "authproxy.service"
+    shutil.copy(DEPLOY / "systemd" / "authproxy.service", unit)
+    return unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze")
+def test_systemd_unit_verifies_and_its_exposure_stays_low(tmp_path: Path) -> None:
+    """systemd-analyze offline: no PID 1 needed. The only complaint allowed from
+    `verify` is the binary that is not installed on this machine."""
+    unit = unit_copy(tmp_path)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if line.strip() and "/opt/authproxy/bin/authproxy is not executable" not in line
+    ]
+    assert problems == [], problems
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    level = re.search(r"Overall exposure level for authproxy.service: (\d+\.\d+)", out)
+    assert level, out
+    assert float(level.group(1)) <= 1.2, out  # 1.4 before PrivateUsers, MDWE and the rest
+    for setting in ("PrivateUsers=", "PrivateMounts=", "MemoryDenyWriteExecute="):
+        assert any(line.startswith("✓ " + setting) for line in out.splitlines()), setting
+
+
+#: run argv[1:] under the kernel's "memory deny write execute" (prctl PR_SET_MDWE,
+#: Linux 6.3+), which is what systemd's MemoryDenyWriteExecute= enforces (there with
+#: seccomp); inherited by every child, so by --workers' workers too
+MDWE_EXEC = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "if libc.prctl(65, 1, 0, 0, 0) != 0:\n"
+    "    sys.exit(77)\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+class _Upstream(threading.Thread):
+    """A plain HTTP upstream that answers 200 with the header authproxy added."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                body = (self.headers.get("X-Api-Key") or "").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        super().__init__(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+
+def test_serving_holds_under_memory_deny_write_execute(tmp_path: Path) -> None:
+    """MemoryDenyWriteExecute=yes in the unit: authproxy, on uvloop, with two workers
+    (the ctypes prctl), serves, counts and drains with no writable+executable page."""
+    import importlib.util
+
+    assert importlib.util.find_spec("uvloop"), "the test extra installs uvloop: serve runs on it"
+    wx = "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)"
+    probe = subprocess.run(
+        [sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", wx],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if probe.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE")
+    # The control: under MDWE a W+X mapping is refused, so the run below can fail.
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
+    upstream = _Upstream()
+    upstream.start()
+    listen, admin = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{listen}\nadmin_listen: 127.0.0.1:{admin}\nshutdown_grace: 2s\n"
+        f"routes:\n  e: {{upstream: 'http://127.0.0.1:{upstream.port}/', auth: "
+        "{type: static, header: X-Api-Key, value: mdwe-static-key}}\n"
+    )
+    log = (tmp_path / "serve.log").open("w")
+    serve = [sys.executable, "-m", "proxy", "serve", "-c", str(config), "--workers", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MDWE_EXEC, *serve],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        answer = None
+        while answer is None:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "serve.log"
+            ).read_text()
+            try:
+                answer = http_get(f"http://127.0.0.1:{listen}/e/x")
+            except OSError:
+                time.sleep(0.05)
+        assert answer == (200, "mdwe-static-key")
+        # worker 0 serves the admin port; worker 1 may have answered before it bound
+        metrics_answer = None
+        while metrics_answer is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "no admin port"
+            try:
+                metrics_answer = http_get(f"http://127.0.0.1:{admin}/metrics")
+            except OSError:
+                time.sleep(0.05)
+        status, metrics = metrics_answer
+        assert status == 200 and "authproxy_requests_total" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        upstream.server.shutdown()
+        upstream.server.server_close()
 
 
 # --- container image -----------------------------------------------------------------
@@ -557,8 +812,13 @@ def http_get(url: str) -> tuple[int, str]:
 
 def test_dockerfile_builds_a_slim_nonroot_image_serving_by_default() -> None:
     build, runtime = dockerfile_stages()
-    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", (DEPLOY / "Dockerfile").read_text())
-    assert base and base.group(1) == "python:3.11-slim"
+    text = (DEPLOY / "Dockerfile").read_text()
+    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", text)
+    # pinned: a full Python version and the Debian release, never a moving tag
+    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base.group(1)), base
+    # ... with the digest pinning documented next to it, in the form docker takes
+    example = re.search(r"PYTHON_IMAGE=(python:\S+)@sha256:", text)
+    assert example and example.group(1) == base.group(1)
     assert build[0][1].startswith("${PYTHON_IMAGE} AS ") and runtime[0][1] == "${PYTHON_IMAGE}"
     user = [args for instruction, args in runtime if instruction == "USER"][-1]
     uid, _, gid = user.partition(":")
@@ -570,6 +830,32 @@ def test_dockerfile_builds_a_slim_nonroot_image_serving_by_default() -> None:
     assert commands["ENTRYPOINT"] + commands["CMD"] == ["authproxy", "serve"]
     installs = [a for i, a in build if i == "RUN" and "pip" in a and " install " in a]
     assert len(installs) == 1 and "[speed,redis]" in installs[0]
+
+
+def dockerfile_labels(stage: list[tuple[str, str]]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for instruction, args in stage:
+        if instruction == "LABEL":
+            labels.update(item.split("=", 1) for item in shlex.split(args))
+    return labels
+
+
+def test_image_carries_the_oci_labels_and_a_healthcheck_of_its_own() -> None:
+    _, runtime = dockerfile_stages()
+    labels = dockerfile_labels(runtime)
+    oci = "org.opencontainers.image."
+    for key in ("title", "description", "licenses", "version", "revision", "created",
+                "source", "base.name"):  # fmt: skip
+        assert labels.get(oci + key), key
+    assert labels[oci + "licenses"] == "Apache-2.0"
+    # the build-specific labels are build arguments of the stage that labels
+    declared = {a.split("=", 1)[0] for i, a in runtime if i == "ARG"}
+    for key in ("version", "revision", "created", "source", "base.name"):
+        assert re.fullmatch(r"\$\{(\w+)\}", labels[oci + key]).group(1) in declared, key
+    (health,) = [a for i, a in runtime if i == "HEALTHCHECK"]
+    options, _, command = health.partition("CMD")
+    assert json.loads(command) == ["authproxy", "healthcheck"]
+    assert "--timeout=" in options and "--start-period=" in options
 
 
 def build_image_venv(root: Path) -> Path:
@@ -690,6 +976,139 @@ def test_image_checks_config_serves_health_and_stops_cleanly_on_sigterm(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_image_healthcheck_passes_while_serving_and_fails_after(
+    image_venv: Path, tmp_path: Path
+) -> None:
+    """The Dockerfile's HEALTHCHECK as Docker runs it: no -c, the config from
+    AUTHPROXY_CONFIG, the admin address from the config (not 9090)."""
+    authproxy = str(image_venv / "bin" / "authproxy")
+    env = dict(os.environ, AUTHPROXY_CONFIG=str(tmp_path / "config.yaml"))
+    if healthcheck(authproxy, env, tmp_path) is None:
+        pytest.skip("this checkout's authproxy has no `healthcheck` command yet (helper cli)")
+    listen, admin = free_port(), free_port()
+    (tmp_path / "config.yaml").write_text(
+        f"listen: 127.0.0.1:{listen}\nadmin_listen: 127.0.0.1:{admin}\nshutdown_grace: 1s\n"
+        "routes:\n  e: {upstream: 'http://127.0.0.1:9/', auth: {type: none}}\n"
+    )
+    before = healthcheck(authproxy, env, tmp_path)
+    assert before is not None and before.returncode != 0, "healthy before serving"
+    proc = subprocess.Popen([authproxy, "serve"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while (health := healthcheck(authproxy, env, tmp_path)).returncode != 0:  # type: ignore[union-attr]
+            assert proc.poll() is None and time.monotonic() < deadline, health
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    after = healthcheck(authproxy, env, tmp_path)
+    assert after is not None and after.returncode != 0, "healthy with nothing serving"
+
+
+def healthcheck(
+    authproxy: str, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str] | None:
+    """``authproxy healthcheck`` (the Dockerfile's HEALTHCHECK); None when the command
+    does not exist in this build."""
+    has = subprocess.run([authproxy, "healthcheck", "--help"], capture_output=True, env=env)
+    if has.returncode != 0:
+        return None
+    return subprocess.run(
+        [authproxy, "healthcheck"], capture_output=True, text=True, env=env, cwd=cwd, timeout=30
+    )
+
+
+#: `pip install` of the name `authproxy` (with extras or quoted) from the index, which
+#: holds an unrelated project of that name (issue 14, item 7)
+INDEX_INSTALL = re.compile(r"pip3? install\s+(?:-\S+\s+)*['\"]?authproxy(?![-\w./])")
+
+
+def test_no_doc_or_unit_installs_the_other_authproxy_from_the_index() -> None:
+    texts = {p.relative_to(REPO).as_posix(): p.read_text() for p in REPO.glob("docs/*.md")}
+    texts["README.md"] = (REPO / "README.md").read_text()
+    for p in DEPLOY.rglob("*"):
+        if p.is_file() and p.suffix != ".json":
+            texts[p.relative_to(REPO).as_posix()] = p.read_text()
+    found = {name: m.group(0) for name, text in texts.items() if (m := INDEX_INSTALL.search(text))}
+    assert found == {}, found
+    # ... and the pattern does catch what was there before.
+    for bad in (
+        "pip install 'authproxy[speed]'",
+        "pip install authproxy",
+        'pip install -U "authproxy"',
+    ):
+        assert INDEX_INSTALL.search(bad), bad
+    for good in ("pip install '.[speed]'", 'pip install "$(ls dist/authproxy-*.whl)[speed]"'):
+        assert not INDEX_INSTALL.search(good), good
+    assert "pip wheel" in texts["README.md"] and "pip wheel" in texts["docs/deploy.md"]
+
+
+def test_require_tokens_example_of_the_deploy_doc_passes_check(tmp_path: Path) -> None:
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "require_tokens" in b]
+    text = config_text(rendered("native-sidecar")) + block
+    result = run_check([sys.executable, "-m", "proxy"], text, tmp_path, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    named = yaml.safe_load(block)["readiness"]["require_tokens"]
+    assert set(named) <= set(yaml.safe_load(text)["routes"])
+
+
+def test_ipv6_wildcard_admin_listen_of_the_docs_serves_probes(tmp_path: Path) -> None:
+    """`admin_listen: "[::]:9090"` (docs/deploy.md, config.example.yaml) on a real
+    serve: the probes reach it over IPv6, as the kubelet does on an IPv6 cluster."""
+    assert '"[::]:9090"' in (REPO / "docs" / "deploy.md").read_text()
+    assert '"[::]:9090"' in (REPO / "config.example.yaml").read_text()
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    admin = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f'listen: "[::1]:{free_port()}"\nadmin_listen: "[::]:{admin}"\n'
+        "routes:\n  e: {upstream: 'http://127.0.0.1:9/', auth: {type: none}}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        status = None
+        while status is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "no answer on [::1]"
+            try:
+                status, _ = http_get(f"http://[::1]:{admin}/healthz")
+            except OSError:
+                time.sleep(0.05)
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+def test_license_is_the_apache_license_that_pyproject_names() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    text = (REPO / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    for needle in (
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "9. Accepting Warranty or Additional Liability.",
+        "END OF TERMS AND CONDITIONS",
+        "APPENDIX: How to apply the Apache License to your work.",
+    ):
+        assert needle in text, needle
+    assert len(text.split()) > 1500  # the whole text, not a pointer to it
 
 
 def test_docs_do_not_go_stale_on_paths() -> None:
