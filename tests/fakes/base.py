@@ -592,14 +592,14 @@ async def close_runner(runner: web.AppRunner) -> None:
     unclosed in a later test (a ResourceWarning). Cut what is still closing."""
     server = runner.server
     handlers = server.connections if server is not None else []
-    transports = [h.transport for h in handlers if h.transport is not None]
+    # the sockets are taken now: once closed, a TLS transport cannot name its own
+    open_ = [
+        (h.transport, h.transport.get_extra_info("socket"))
+        for h in handlers
+        if h.transport is not None
+    ]
     await runner.cleanup()
-    for transport in transports:
-        if not _socket_closed(transport):
+    for transport, sock in open_:
+        if sock is not None and sock.fileno() != -1:
             transport.abort()
     await asyncio.sleep(0)  # the transports' connection_lost, which closes the sockets
-
-
-def _socket_closed(transport: asyncio.BaseTransport) -> bool:
-    sock = transport.get_extra_info("socket")
-    return sock is None or sock.fileno() == -1
